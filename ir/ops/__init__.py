@@ -1,0 +1,54 @@
+"""kiln's core op set. ``core_ops()`` lists the definitions; a Context registers them explicitly."""
+
+from __future__ import annotations
+
+from ..registry import OpDef
+from .elementwise import CastAttrs, GeluAttrs, elementwise_ops
+from .reduce import (
+    ArgReduceAttrs,
+    AxisAttrs,
+    CumsumAttrs,
+    NormAttrs,
+    ReduceAttrs,
+    reduce_ops,
+)
+from .shape import (
+    AxesAttrs,
+    ConstantAttrs,
+    IotaAttrs,
+    PermAttrs,
+    ShapeAttrs,
+    SliceAttrs,
+    SplitAttrs,
+    TopkAttrs,
+    TriAttrs,
+    normalize_slice,
+    shape_ops,
+)
+
+
+def core_ops() -> list[OpDef]:
+    """Every op kiln defines, in a stable order."""
+    return [*elementwise_ops(), *reduce_ops(), *shape_ops()]
+
+
+__all__ = [
+    "ArgReduceAttrs",
+    "AxesAttrs",
+    "AxisAttrs",
+    "CastAttrs",
+    "ConstantAttrs",
+    "CumsumAttrs",
+    "GeluAttrs",
+    "IotaAttrs",
+    "NormAttrs",
+    "PermAttrs",
+    "ReduceAttrs",
+    "ShapeAttrs",
+    "SliceAttrs",
+    "SplitAttrs",
+    "TopkAttrs",
+    "TriAttrs",
+    "core_ops",
+    "normalize_slice",
+]
