@@ -32,7 +32,7 @@ from .ir.targets import Target
 from .ir.types import HostType, TensorType
 from .passes.manager import PassManager
 from .runtime.executable import Executable
-from .runtime.executable import compile_graph as compile  # noqa: A001 - the public name
+from .runtime.executable import compile_graph as compile  # noqa: A004 - the public name
 
 __version__ = "0.1.0"
 

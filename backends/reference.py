@@ -24,11 +24,7 @@ class ReferenceBackend:
         self.ctx = ctx or default_context()
 
     def unsupported(self, graph: Graph) -> list[str]:
-        return [
-            f"{n.describe()}: op has no reference semantics"
-            for n in graph.nodes
-            if n.op not in self.ctx
-        ]
+        return [f"{n.describe()}: op has no reference semantics" for n in graph.nodes if n.op not in self.ctx]
 
     def compile(self, graph: Graph) -> CompiledFn:
         def run(inputs: Mapping[str, Any]) -> dict[str, Any]:

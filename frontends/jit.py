@@ -7,6 +7,7 @@ arguments). Calling ``f(*args)`` does both, cached per signature (shapes, dtypes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
@@ -147,12 +148,14 @@ class Jitted:
         self._compiled: dict[Any, tuple[Compiled, list[int]]] = {}
         self.trace_count = 0
         sig = None
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             sig = inspect.signature(fn)
-        except (TypeError, ValueError):
-            pass
         self._param_names = (
-            [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            [
+                p.name
+                for p in sig.parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
             if sig
             else []
         )
@@ -170,7 +173,9 @@ class Jitted:
                 try:
                     hash(a)
                 except TypeError:
-                    raise SignatureError(f"static argument '{name}' must be hashable, got {type(a).__name__}") from None
+                    raise SignatureError(
+                        f"static argument '{name}' must be hashable, got {type(a).__name__}"
+                    ) from None
                 key.append(("static", a))
             elif isinstance(a, np.ndarray | np.generic):
                 if i in self.const_argnums:
@@ -179,7 +184,9 @@ class Jitted:
                 try:
                     dt = from_numpy(a.dtype)
                 except VerifyError:
-                    raise SignatureError(f"argument '{name}': NumPy dtype {a.dtype} has no kiln dtype") from None
+                    raise SignatureError(
+                        f"argument '{name}': NumPy dtype {a.dtype} has no kiln dtype"
+                    ) from None
                 key.append(("array", np.shape(a), dt))
                 arrays.append(i)
             elif isinstance(a, bool | int | float | str | None | tuple):
@@ -193,7 +200,9 @@ class Jitted:
         return tuple(key), arrays
 
     def _trace(self, args: Sequence[Any], arrays: list[int]) -> Lowered:
-        trace = Trace(getattr(self.fn, "__name__", "main").strip("<>") or "main", self.ctx, _closure_names(self.fn))
+        trace = Trace(
+            getattr(self.fn, "__name__", "main").strip("<>") or "main", self.ctx, _closure_names(self.fn)
+        )
         call_args: list[Any] = list(args)
         for i in self.const_argnums:
             if i < len(args):

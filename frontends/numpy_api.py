@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextvars
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -126,7 +127,7 @@ exp, log, sqrt, tanh, erf = (_unary(n) for n in ("exp", "log", "sqrt", "tanh", "
 sin, cos, floor, ceil = (_unary(n) for n in ("sin", "cos", "floor", "ceil"))
 sigmoid, relu, silu, rsqrt = (_unary(n) for n in ("sigmoid", "relu", "silu", "rsqrt"))
 reciprocal, isnan, negative = _unary("reciprocal"), _unary("isnan"), _unary("neg")
-abs, logical_not = _unary("abs"), _unary("logical_not")  # noqa: A001 - NumPy's names
+abs, logical_not = _unary("abs"), _unary("logical_not")
 
 
 def _binary(op: str, name: str) -> Callable[[Any, Any], Any]:
@@ -139,7 +140,11 @@ def _binary(op: str, name: str) -> Callable[[Any, Any], Any]:
 
 
 add, subtract, multiply = _binary("add", "add"), _binary("sub", "subtract"), _binary("mul", "multiply")
-power, maximum, minimum = _binary("pow", "power"), _binary("maximum", "maximum"), _binary("minimum", "minimum")
+power, maximum, minimum = (
+    _binary("pow", "power"),
+    _binary("maximum", "maximum"),
+    _binary("minimum", "minimum"),
+)
 equal, not_equal = _binary("eq", "equal"), _binary("ne", "not_equal")
 less, less_equal = _binary("lt", "less"), _binary("le", "less_equal")
 greater, greater_equal = _binary("gt", "greater"), _binary("ge", "greater_equal")
@@ -245,7 +250,7 @@ def _reduce(op: str, x: Any, axis: Any, keepdims: bool) -> Tracer:
 
 
 @_api
-def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:  # noqa: A001
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:
     """Sum over ``axis`` (all axes when None)."""
     return _reduce("reduce_sum", x, axis, keepdims)
 
@@ -257,13 +262,13 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:
 
 
 @_api
-def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:  # noqa: A001
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:
     """Max over ``axis`` (all axes when None)."""
     return _reduce("reduce_max", x, axis, keepdims)
 
 
 @_api
-def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:  # noqa: A001
+def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tracer:
     """Min over ``axis`` (all axes when None)."""
     return _reduce("reduce_min", x, axis, keepdims)
 
@@ -407,7 +412,7 @@ def split(x: Any, indices_or_sections: int | Sequence[int], axis: int = 0) -> li
         sizes = [n // indices_or_sections] * indices_or_sections
     else:
         cuts = [0, *(builtins.min(builtins.max(int(c), 0), n) for c in indices_or_sections), n]
-        sizes = [builtins.max(b - a, 0) for a, b in zip(cuts, cuts[1:], strict=False)]
+        sizes = [builtins.max(b - a, 0) for a, b in itertools.pairwise(cuts)]
     return t.trace.emit_many("split", t, axis=ax, sizes=tuple(sizes))
 
 
@@ -464,7 +469,9 @@ def tril(x: Any, k: int = 0) -> Tracer:
 
 
 @_api
-def arange(start: int | float, stop: int | float | None = None, step: int | float = 1, dtype: Any = None) -> Tracer:
+def arange(
+    start: int | float, stop: int | float | None = None, step: int | float = 1, dtype: Any = None
+) -> Tracer:
     """``[start, stop)`` by ``step``; i64 for integer bounds, f32 otherwise (unless ``dtype``)."""
     if stop is None:
         start, stop = 0, start
@@ -495,10 +502,14 @@ def getitem(x: Any, idx: Any) -> Tracer:
     n_used = builtins.sum(1 for i in items if i is not None and i is not Ellipsis)
     if n_used > t.ndim:
         raise TraceError(f"too many indices for {t.type} at {user_location()}")
-    if Ellipsis in items:
-        k = items.index(Ellipsis)
-        items[k : k + 1] = [slice(None)] * (t.ndim - n_used)
-    items += [slice(None)] * (t.ndim - n_used - builtins.sum(1 for i in items if i is Ellipsis))
+    ellipses = [k for k, i in enumerate(items) if i is Ellipsis]
+    if len(ellipses) > 1:
+        raise TraceError(f"an index can only have a single ellipsis (at {user_location()})")
+    fill = [slice(None)] * (t.ndim - n_used)
+    if ellipses:
+        items[ellipses[0] : ellipses[0] + 1] = fill
+    else:
+        items += fill
     axes, starts, stops, steps, drop, gathers = [], [], [], [], [], []
     new_axes: list[int] = []
     ax, out_pos = 0, 0
@@ -511,14 +522,20 @@ def getitem(x: Any, idx: Any) -> Tracer:
         if isinstance(it, slice):
             s, e = normalize_slice(d, it.start, it.stop, it.step or 1)
             if (s, e, it.step or 1) != (0, d, 1):
-                axes.append(ax), starts.append(s), stops.append(e), steps.append(it.step or 1)
+                axes.append(ax)
+                starts.append(s)
+                stops.append(e)
+                steps.append(it.step or 1)
             out_pos += 1
         elif isinstance(it, int | np.integer):
             i = int(it)
             if not -d <= i < d:
                 raise TraceError(f"index {i} out of range for axis {ax} of {t.type} at {user_location()}")
             i %= d
-            axes.append(ax), starts.append(i), stops.append(i + 1), steps.append(1)
+            axes.append(ax)
+            starts.append(i)
+            stops.append(i + 1)
+            steps.append(1)
             drop.append(ax)
         else:
             gathers.append((ax, it))
@@ -530,7 +547,9 @@ def getitem(x: Any, idx: Any) -> Tracer:
         )
     out = t
     if axes:
-        out = t.trace.emit("slice", out, axes=tuple(axes), starts=tuple(starts), stops=tuple(stops), steps=tuple(steps))
+        out = t.trace.emit(
+            "slice", out, axes=tuple(axes), starts=tuple(starts), stops=tuple(stops), steps=tuple(steps)
+        )
     if gathers:
         gax, garr = gathers[0]
         idx_t = t.trace.lift(garr, i64)

@@ -96,7 +96,7 @@ class Trace:
                 )
             return x
         if isinstance(x, bool | int | float | np.bool_) and not isinstance(x, np.ndarray):
-            return self.scalar(x, like)
+            return self.scalar(bool(x) if isinstance(x, np.bool_) else x, like)
         if isinstance(x, np.ndarray | np.generic):
             arr = np.asarray(x)
             try:

@@ -27,9 +27,7 @@ def make_attrs(opdef: OpDef, attrs: Attrs | None, kwargs: dict[str, Any]) -> Att
     elif kwargs:
         raise AttributeError_(f"'{opdef.name}': pass attrs or keywords, not both")
     if not isinstance(attrs, opdef.attrs):
-        raise AttributeError_(
-            f"'{opdef.name}' takes {opdef.attrs.__name__}, got {type(attrs).__name__}"
-        )
+        raise AttributeError_(f"'{opdef.name}' takes {opdef.attrs.__name__}, got {type(attrs).__name__}")
     attrs.verify()
     return attrs
 

@@ -43,7 +43,7 @@ _ids = itertools.count()
 class Value:
     """An SSA value: a type, an optional name hint, and identity."""
 
-    __slots__ = ("type", "name", "id")
+    __slots__ = ("id", "name", "type")
 
     def __init__(self, type: Type, name: str | None = None) -> None:
         self.type = type
@@ -66,7 +66,7 @@ class Node:
     name for imported models); errors quote it.
     """
 
-    __slots__ = ("op", "operands", "attrs", "results", "loc")
+    __slots__ = ("attrs", "loc", "op", "operands", "results")
 
     def __init__(
         self,
@@ -188,7 +188,7 @@ class Graph:
         return Graph(self.name, inputs, nodes, outputs, dict(self.constants))
 
     # -- text, checks and equality ---------------------------------------------------------
-    def as_text(self, *, locs: bool = False, inline_limit: int = 16) -> str:
+    def as_text(self, *, locs: bool = False, inline_limit: int = 8) -> str:
         from .printer import print_graph
 
         return print_graph(self, locs=locs, inline_limit=inline_limit)

@@ -18,14 +18,14 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
     return Path(path).with_suffix(".npz")
 
 
-def save(graph: Graph, path: str | os.PathLike[str], *, inline_limit: int = 16) -> None:
+def save(graph: Graph, path: str | os.PathLike[str], *, inline_limit: int = 8) -> None:
     """Write ``graph`` as text to ``path`` and its large constants to ``path`` with ``.npz``."""
     p = Path(path)
     p.write_text(graph.as_text(inline_limit=inline_limit))
     big = {k: v for k, v in graph.constants.items() if np.size(v) > inline_limit}
     wp = weights_path(p)
     if big:
-        np.savez(wp, **big)
+        np.savez(wp, **big)  # type: ignore[arg-type]
     elif wp.exists():
         wp.unlink()
 

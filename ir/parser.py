@@ -210,17 +210,17 @@ class Parser:
         raw: dict[str, tuple[Any, Tok]] = {}
         if self.accept("{"):
             while not self.at("}"):
-                key = self.expect_kind("ident", "an attribute name")
+                key_tok = self.expect_kind("ident", "an attribute name")
                 self.expect("=")
                 val_tok = self.tok
-                raw[key.text] = (self.parse_literal(), val_tok)
+                raw[key_tok.text] = (self.parse_literal(), val_tok)
                 if not self.accept(","):
                     break
             self.expect("}")
         cls = opdef.attrs
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for key, (val, tok) in raw.items():
             if key not in fields:
                 allowed = ", ".join(fields) or "none"

@@ -9,7 +9,7 @@
       return out=%1
     }
 
-Constants with at most ``inline_limit`` elements carry their data (``dense<[...]>``); larger ones
+Constants with at most ``inline_limit`` (default 8) elements carry their data (``dense<[...]>``); larger ones
 refer to the graph's constant table by ``ref`` (saved beside the text as ``.npz``).
 """
 
@@ -137,7 +137,7 @@ def print_node(node: Node, namer: Namer, graph: Graph, *, locs: bool, inline_lim
     return text
 
 
-def print_graph(graph: Graph, *, locs: bool = False, inline_limit: int = 16) -> str:
+def print_graph(graph: Graph, *, locs: bool = False, inline_limit: int = 8) -> str:
     namer = Namer()
     # Inputs claim their names first so that hints elsewhere cannot take them.
     args = ", ".join(f"%{namer.name(v)}: {v.type}" for v in graph.inputs)

@@ -23,9 +23,7 @@ def describe_array(x: Any) -> str:
     return type(x).__name__
 
 
-def check_value(
-    where: str, t: Type, x: Any, dims: dict[str, int]
-) -> Any:
+def check_value(where: str, t: Type, x: Any, dims: dict[str, int]) -> Any:
     """Check ``x`` against ``t`` (binding symbolic dims into ``dims``) and return it normalised."""
     if isinstance(t, HostType):
         return x
@@ -48,9 +46,9 @@ def check_value(
                 )
         elif want != got:
             raise SignatureError(f"{where}: expected {t}, got {describe_array(x)}")
-    if t.dtype.is_int and not t.dtype.is_storage_exact and x.size:
-        if x.min() < t.dtype.min_value or x.max() > t.dtype.max_value:
-            raise SignatureError(f"{where}: values out of range for {t.dtype}")
+    narrow = t.dtype.is_int and not t.dtype.is_storage_exact and x.size
+    if narrow and (x.min() < t.dtype.min_value or x.max() > t.dtype.max_value):
+        raise SignatureError(f"{where}: values out of range for {t.dtype}")
     return x
 
 

@@ -65,9 +65,7 @@ class Rewriter:
     def op(self, op: str, *operands: Value, attrs: Attrs | None = None, **kwargs: Any) -> Value:
         return self.op_values(op, *operands, attrs=attrs, **kwargs)[0]
 
-    def op_values(
-        self, op: str, *operands: Value, attrs: Attrs | None = None, **kwargs: Any
-    ) -> list[Value]:
+    def op_values(self, op: str, *operands: Value, attrs: Attrs | None = None, **kwargs: Any) -> list[Value]:
         opdef = self.ctx.lookup(op)
         a = make_attrs(opdef, attrs, kwargs)
         results = [Value(t) for t in infer_types(opdef, a, [v.type for v in operands])]

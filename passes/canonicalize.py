@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir.core import Graph, Node
+from ..ir.core import Graph, Node, Value
 from ..ir.registry import Context
 from ..ir.types import TensorType
 from .base import Pass
@@ -18,21 +18,23 @@ from .patterns import C, Match, P, Rule, V, apply_rules
 X, Y = V("x"), V("y")
 
 
-def _same_type(m: Match) -> object:
-    return m.x if m.x.type == m.node.results[0].type else None
+def _same_type(m: Match) -> Value | None:
+    x: Value = m.x
+    return x if m.x.type == m.node.results[0].type else None
 
 
 def _identity_transpose(n: Node) -> bool:
-    return list(n.attrs.perm) == list(range(len(n.attrs.perm)))  # type: ignore[attr-defined]
+    perm = n.attrs.perm  # type: ignore[attr-defined]
+    return list(perm) == list(range(len(perm)))
 
 
-def _compose_transpose(m: Match) -> object:
-    inner = m.node_of(m.t).attrs.perm
+def _compose_transpose(m: Match) -> Value | None:
+    inner = m.node_of(m.t).attrs.perm  # type: ignore[attr-defined]
     outer = m.node.attrs.perm  # type: ignore[attr-defined]
     return m.rw.op("transpose", m.x, perm=tuple(inner[q] for q in outer))
 
 
-def _as_reshape(m: Match) -> object:
+def _as_reshape(m: Match) -> Value | None:
     t = m.node.results[0].type
     assert isinstance(t, TensorType)
     return m.rw.op("reshape", m.x, shape=t.shape)
@@ -93,5 +95,8 @@ class Canonicalize(Pass):
     max_iters: int = 16
 
     def run(self, graph: Graph, ctx: Context) -> Graph:
-        apply_rules(graph, ctx, RULES, self.max_iters)
+        from .simplify import DCE
+
+        if apply_rules(graph, ctx, RULES, self.max_iters):
+            DCE().run(graph, ctx)  # as MLIR's canonicalizer, drop what the rewrites orphaned
         return graph

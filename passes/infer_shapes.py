@@ -22,7 +22,7 @@ def parse_bindings(text: str) -> dict[str, int]:
     for part in text.replace(",", " ").split():
         name, eq, val = part.partition("=")
         if not eq or not val.strip().isdigit() or not name:
-            raise PipelineError(f"bad binding {part!r}: expected NAME=SIZE, as in bind=\"seq=128\"")
+            raise PipelineError(f'bad binding {part!r}: expected NAME=SIZE, as in bind="seq=128"')
         out[name] = int(val)
     return out
 
@@ -41,7 +41,7 @@ class InferShapes(Pass):
     """Re-infer every result type; ``bind`` substitutes symbolic dims by sizes first."""
 
     name = "infer-shapes"
-    summary = "recompute result types from operands; bind=\"seq=128\" makes dims static"
+    summary = 'recompute result types from operands; bind="seq=128" makes dims static'
 
     bind: str = ""
 

@@ -25,9 +25,7 @@ from .simplify import CSE, DCE, ConstantFold
 
 def builtin_passes() -> dict[str, type[Pass]]:
     """Every pass kiln ships, by pipeline name."""
-    return {
-        p.name: p for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE)
-    }
+    return {p.name: p for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE)}
 
 
 DEFAULT_PIPELINE = "canonicalize,constant-fold,cse,dce"
@@ -132,8 +130,7 @@ class PassManager:
                     g.verify(self.ctx)
                 except KilnError as e:
                     raise PipelineError(
-                        f"pass '{p.spec()}' produced invalid IR: {e} "
-                        f"(see it with --print-ir-after={p.name})"
+                        f"pass '{p.spec()}' produced invalid IR: {e} (see it with --print-ir-after={p.name})"
                     ) from None
             if self.print_after_all or p.name in self.print_after:
                 out = self.out or sys.stderr

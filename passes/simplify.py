@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.interpret import run_node
 from ..ir.core import Graph, Node, Value
+from ..ir.interpret import run_node
 from ..ir.registry import Context
 from .base import Pass, Rewriter
 

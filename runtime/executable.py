@@ -26,8 +26,7 @@ class Executable:
         unsupported = backend.unsupported(graph)
         if unsupported:
             raise KilnError(
-                f"target '{backend.name}' cannot compile graph @{graph.name}:\n  "
-                + "\n  ".join(unsupported)
+                f"target '{backend.name}' cannot compile graph @{graph.name}:\n  " + "\n  ".join(unsupported)
             )
         self._fn = backend.compile(graph)
 

@@ -31,9 +31,7 @@ def _matmul_infer(a: NoAttrs, ts: Sequence[Type]) -> list[Type]:
     xs = list(x.shape) if x.rank > 1 else [1, *x.shape]
     ys = list(y.shape) if y.rank > 1 else [*y.shape, 1]
     if xs[-1] != ys[-2]:
-        raise TypeInferenceError(
-            f"'matmul' contraction mismatch: {x} @ {y} ({xs[-1]} != {ys[-2]})"
-        )
+        raise TypeInferenceError(f"'matmul' contraction mismatch: {x} @ {y} ({xs[-1]} != {ys[-2]})")
     batch = broadcast_shapes("matmul", tuple(xs[:-2]), tuple(ys[:-2]))
     out: list[Dim] = [*batch]
     if x.rank > 1:

@@ -74,6 +74,7 @@ def normalize_slice(dim: int, start: int | None, stop: int | None, step: int) ->
 
 
 def slice_length(start: int, stop: int, step: int) -> int:
+    """The number of elements of a canonical slice (stop -1 with a negative step: to index 0)."""
     return len(range(start, stop, step))
 
 
@@ -104,7 +105,8 @@ def _slice_infer(a: SliceAttrs, ts: Sequence[Type]) -> list[Type]:
         d = t.shape[ax]
         if not isinstance(d, int):
             raise TypeInferenceError(f"'slice' on symbolic dim {d} of {t}: bind the dim first")
-        if normalize_slice(d, s, e, st) != (s, e) and not (s == e == 0 and d == 0):
+        lo, hi = (0, d) if st > 0 else (-1, d - 1)
+        if not (lo <= s <= hi and lo <= e <= hi):
             raise TypeInferenceError(
                 f"'slice' bounds {s}:{e}:{st} on axis {ax} of {t} are not canonical for dim {d}"
             )
@@ -126,9 +128,7 @@ def _concat_infer(a: AxisAttrs, ts: Sequence[Type]) -> list[Type]:
     check_axis("concat", a.axis, rank)
     total: Dim = 0
     for x in xs:
-        if x.rank != rank or any(
-            x.shape[i] != xs[0].shape[i] for i in range(rank) if i != a.axis
-        ):
+        if x.rank != rank or any(x.shape[i] != xs[0].shape[i] for i in range(rank) if i != a.axis):
             got = ", ".join(str(x) for x in xs)
             raise TypeInferenceError(f"'concat' along axis {a.axis} needs matching other dims: {got}")
         d = x.shape[a.axis]
@@ -157,9 +157,7 @@ def _split_infer(a: SplitAttrs, ts: Sequence[Type]) -> list[Type]:
         raise TypeInferenceError(
             f"'split' sizes {list(a.sizes)} sum to {sum(a.sizes)}, not dim {t.shape[a.axis]} of {t}"
         )
-    return [
-        t.with_shape(tuple(s if i == a.axis else d for i, d in enumerate(t.shape))) for s in a.sizes
-    ]
+    return [t.with_shape(tuple(s if i == a.axis else d for i, d in enumerate(t.shape))) for s in a.sizes]
 
 
 def _split_ref(a: SplitAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
@@ -227,9 +225,7 @@ class IotaAttrs(Attrs):
             raise VerifyError("iota step cannot be 0")
         if self.dtype.is_bool:
             raise VerifyError("iota dtype cannot be bool")
-        if self.dtype.is_int and not all(
-            isinstance(v, int) for v in (self.start, self.stop, self.step)
-        ):
+        if self.dtype.is_int and not all(isinstance(v, int) for v in (self.start, self.stop, self.step)):
             raise VerifyError(f"iota with integer dtype {self.dtype} needs integer start/stop/step")
 
     @property
@@ -242,7 +238,8 @@ def _iota_infer(a: IotaAttrs, ts: Sequence[Type]) -> list[Type]:
 
 
 def _iota_ref(a: IotaAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
-    return [a.start + a.step * np.arange(a.length, dtype=np.float64 if a.dtype.is_float else np.int64)]
+    steps = np.arange(a.length, dtype=np.float64 if a.dtype.is_float else np.int64)
+    return [np.asarray(a.start + a.step * steps)]  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -411,5 +408,3 @@ def shape_ops() -> list[OpDef]:
             doc="a constant (weight) whose data lives in the graph's constant table",
         ),
     ]
-
-

@@ -1,0 +1,190 @@
+"""The ``kiln`` command: show, opt, run, passes, ops, targets.
+
+Errors print one line (``kiln: error: ...``) and exit 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .ir.errors import KilnError
+
+
+def _load(path: str, weights: str | None) -> typing.Any:
+    from .ir.io import load
+
+    p = Path(path)
+    if not p.exists():
+        raise KilnError(f"{path}: no such file")
+    if p.suffix == ".onnx":
+        raise KilnError(f"{path}: ONNX import is not available yet; pass a .kir text IR file")
+    return load(p, weights=weights)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    graph = _load(args.file, args.weights)
+    graph.verify()
+    sys.stdout.write(graph.as_text(locs=args.locs))
+    if args.summary:
+        counts = graph.op_counts()
+        params = sum(int(np.size(v)) for v in graph.constants.values())
+        print(f"// {len(graph.nodes)} nodes, {params} constant elements")
+        for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"//   {op:<16} {n}")
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from .passes.manager import DEFAULT_PIPELINE, builtin_passes
+
+    for name, cls in builtin_passes().items():
+        print(f"{name:<16} {cls.summary}")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            t = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            print(f"    {f.name}: {t} = {f.default!r}")
+    print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+    return 0
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from .ir.registry import default_context
+
+    for name, op in default_context().ops.items():
+        kind = "composite" if op.composite else "primitive"
+        operands = ", ".join(op.operands) + ("..." if op.variadic else "")
+        attrs = ", ".join(f.name for f in dataclasses.fields(op.attrs))
+        print(f"{name:<12} {kind:<9} ({operands}){' {' + attrs + '}' if attrs else ''}  {op.doc}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .ir.targets import TARGETS
+
+    for t in TARGETS:
+        print(f"{t.name:<12} {t.device:<4} {t.description}")
+    return 0
+
+
+def cmd_opt(args: argparse.Namespace) -> int:
+    from .ir.io import save
+    from .passes.manager import PassManager
+
+    graph = _load(args.file, args.weights)
+    pm = PassManager.parse(
+        args.pipeline,
+        verify_each=args.verify_each,
+        print_after=frozenset(args.print_ir_after or ()),
+        print_after_all=args.print_ir_after_all,
+        out=sys.stderr,
+    )
+    out = pm.run(graph)
+    if args.output:
+        save(out, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(out.as_text())
+    if args.timing:
+        print(pm.timing_report(), file=sys.stderr)
+    return 0
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise KilnError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise KilnError(f"cannot read inputs {path}: {e}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.executable import compile_graph
+
+    graph = _load(args.file, args.weights)
+    inputs = _read_npz(args.inputs) if args.inputs else {}
+    exe = compile_graph(graph, args.target, args.pipeline)
+    outs = exe.run(inputs)
+    if args.output:
+        np.savez(args.output, **outs)
+        print(f"wrote {len(outs)} outputs to {args.output}", file=sys.stderr)
+    else:
+        for name, v in outs.items():
+            arr = np.asarray(v)
+            print(f"{name}: {arr.dtype}{list(arr.shape)}")
+            print(np.array2string(arr, threshold=20, edgeitems=3))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kiln",
+        description="kiln: lower agent and transformer graphs to fused, quantized kernels.",
+    )
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("show", help="print (and verify) an IR file")
+    s.add_argument("file", help="a .kir text IR file")
+    s.add_argument("--weights", help="the constants (.npz); default: FILE with .npz")
+    s.add_argument("--locs", action="store_true", help="print source locations")
+    s.add_argument("--summary", action="store_true", help="print op counts and parameters")
+    s.set_defaults(fn=cmd_show)
+
+    s = sub.add_parser("passes", help="list passes and their options")
+    s.set_defaults(fn=cmd_passes)
+    s = sub.add_parser("ops", help="list ops (primitive or composite), operands and attributes")
+    s.set_defaults(fn=cmd_ops)
+    s = sub.add_parser("targets", help="list compilation targets")
+    s.set_defaults(fn=cmd_targets)
+
+    s = sub.add_parser("opt", help="run a pass pipeline on an IR file (like mlir-opt)")
+    s.add_argument("file")
+    s.add_argument("-p", "--pipeline", required=True, help="e.g. canonicalize,cse,dce")
+    s.add_argument("-o", "--output", help="write the result (.kir, weights beside it)")
+    s.add_argument("--weights")
+    s.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    s.add_argument("--print-ir-after", action="append", metavar="PASS", help="print IR after PASS")
+    s.add_argument("--print-ir-after-all", action="store_true")
+    s.add_argument("--timing", action="store_true", help="print per-pass times")
+    s.set_defaults(fn=cmd_opt)
+
+    s = sub.add_parser("run", help="run an IR file on inputs from a .npz")
+    s.add_argument("file")
+    s.add_argument("--inputs", help=".npz with one array per graph input, by name")
+    s.add_argument("--target", default="reference")
+    s.add_argument("-p", "--pipeline", default=None, help="pass pipeline (default cleanup)")
+    s.add_argument("-o", "--output", help="write outputs to this .npz")
+    s.add_argument("--weights")
+    s.set_defaults(fn=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.fn(args))
+    except KilnError as e:
+        if args.debug:
+            raise
+        print(f"kiln: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
