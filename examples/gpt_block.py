@@ -78,13 +78,13 @@ def numpy_block(x: np.ndarray, p: dict[str, np.ndarray], heads: int) -> np.ndarr
     h = ln(x, p["ln1_w"], p["ln1_b"])
     q, k, v = np.split(h @ p["w_qkv"] + p["b_qkv"], 3, axis=-1)
     q, k, v = (t.reshape(s, heads, hd).transpose(1, 0, 2) for t in (q, k, v))
-    scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(hd)  # Python floats keep float32
     scores = np.where(np.tril(np.ones((s, s))) > 0, scores, -1e9)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
     attn = (scores / scores.sum(-1, keepdims=True)) @ v
     x = x + attn.transpose(1, 0, 2).reshape(s, d) @ p["w_o"] + p["b_o"]
     h = ln(x, p["ln2_w"], p["ln2_b"]) @ p["w_fc"] + p["b_fc"]
-    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
     return (x + h @ p["w_proj"] + p["b_proj"]).astype(np.float32)
 
 

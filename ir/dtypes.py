@@ -158,7 +158,10 @@ def to_dtype(values: np.ndarray, dtype: DType) -> np.ndarray:
             # Float -> int truncates toward zero; out-of-range values wrap (defined, unlike C).
             with np.errstate(invalid="ignore"):
                 values = np.trunc(values)
-                values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+                values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+                values = np.fmod(values, 2.0**64)  # exact; brings values into (-2**64, 2**64)
+                values = np.where(values >= 2.0**63, values - 2.0**64, values)
+                values = np.where(values < -(2.0**63), values + 2.0**64, values).astype(np.int64)
         return wrap_int(np.asarray(values), dtype)
     return np.asarray(values).astype(dtype.np_dtype, copy=False)
 

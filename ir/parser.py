@@ -163,9 +163,12 @@ class Parser:
 
     def parse_quant(self) -> QuantType:
         self.expect("<")
-        bits = int(self.expect_kind("number", "quantized bits").text)
+        bits_tok = self.expect_kind("number", "quantized bits")
+        if not bits_tok.text.isdigit():
+            raise self.error(f"bad quantized width '{bits_tok.text}': expected an integer", bits_tok)
+        bits = int(bits_tok.text)
         self.expect(",")
-        scheme = Scheme(self.expect_kind("ident", "a scheme").text)
+        scheme = self.enum_ident(Scheme, "a scheme")
         self.expect(",")
         g = self.expect_kind("ident", "a group such as g128").text
         if not (g.startswith("g") and g[1:].isdigit()):
@@ -173,11 +176,21 @@ class Parser:
         self.expect(",")
         scale = parse_dtype(self.expect_kind("ident", "a scale dtype").text)
         self.expect(",")
-        layout = Layout(self.expect_kind("ident", "a layout").text)
+        layout = self.enum_ident(Layout, "a layout")
         self.expect(">")
         q = QuantType(bits, scheme, int(g[1:]), scale, layout)
         q.verify()
         return q
+
+    def enum_ident(self, cls: type[Scheme] | type[Layout], what: str) -> Any:
+        tok = self.expect_kind("ident", what)
+        try:
+            return cls(tok.text)
+        except ValueError:
+            allowed = ", ".join(m.value for m in cls)
+            raise self.error(
+                f"bad {cls.__name__.lower()} '{tok.text}': expected one of {allowed}", tok
+            ) from None
 
     # -- attributes -------------------------------------------------------------------------
     def parse_literal(self) -> Any:
@@ -207,13 +220,13 @@ class Parser:
         raise self.error(f"expected a value, found '{t.text or 'end of input'}'", t)
 
     def parse_attrs(self, opdef: OpDef) -> Attrs:
-        raw: dict[str, tuple[Any, Tok]] = {}
+        raw: dict[str, tuple[Any, Tok, Tok]] = {}
         if self.accept("{"):
             while not self.at("}"):
                 key_tok = self.expect_kind("ident", "an attribute name")
                 self.expect("=")
                 val_tok = self.tok
-                raw[key_tok.text] = (self.parse_literal(), val_tok)
+                raw[key_tok.text] = (self.parse_literal(), val_tok, key_tok)
                 if not self.accept(","):
                     break
             self.expect("}")
@@ -221,10 +234,12 @@ class Parser:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
-        for key, (val, tok) in raw.items():
+        for key, (val, tok, key_tok) in raw.items():
             if key not in fields:
                 allowed = ", ".join(fields) or "none"
-                raise self.error(f"unknown attribute '{key}' for '{opdef.name}' (it takes: {allowed})", tok)
+                raise self.error(
+                    f"unknown attribute '{key}' for '{opdef.name}' (it takes: {allowed})", key_tok
+                )
             try:
                 kwargs[key] = convert(val, hints[key])
             except (TypeError, ValueError, VerifyError) as e:
@@ -287,7 +302,7 @@ class Parser:
         self.expect("{")
         graph = Graph(gname, inputs, [], [])
         while not self.at("return"):
-            if self.tok.kind == "eof":
+            if self.tok.kind == "eof" or self.at("}"):
                 raise self.error("missing 'return' before the end of the graph")
             graph.nodes.append(self.parse_node(graph))
         self.expect("return")
@@ -359,7 +374,7 @@ class Parser:
             if dense_tok.text == "dense":
                 try:
                     dense = make_dense(dense_val, types[0])
-                except (ValueError, TypeError, VerifyError) as e:
+                except (ValueError, TypeError, OverflowError, VerifyError) as e:
                     raise self.error(f"bad constant data: {e}", dense_tok) from None
             elif ref in self.weights:
                 dense = np.asarray(self.weights[ref])
@@ -444,10 +459,17 @@ def convert(val: Any, hint: Any) -> Any:
 def make_dense(val: Any, t: Type) -> np.ndarray:
     if not isinstance(t, TensorType) or not isinstance(t.dtype, DType):
         raise VerifyError(f"dense data needs a plain tensor type, got {t}")
-    arr = np.array(val, dtype=np.float64 if t.dtype.is_float else None)
-    if t.dtype.is_bool:
-        arr = arr.astype(np.bool_)
-    arr = arr.astype(t.dtype.np_dtype)
+    if t.dtype.is_int:
+        if any(isinstance(x, float) for x in np.ravel(np.array(val, dtype=object))):
+            raise VerifyError(f"{t.dtype} data must be integers")
+        arr = np.array(val, dtype=t.dtype.np_dtype)  # exact, and OverflowError when out of range
+    else:
+        arr = np.array(val, dtype=np.float64 if t.dtype.is_float else None)
+        if t.dtype.is_bool:
+            arr = arr.astype(np.bool_)
+        arr = arr.astype(t.dtype.np_dtype)
+    if arr.size == 0 and 0 in t.shape:
+        arr = arr.reshape(t.shape)  # dense<[]> holds any empty shape
     if tuple(arr.shape) != t.shape:
         raise VerifyError(f"data of shape {list(arr.shape)} does not match {t}")
     return arr

@@ -117,6 +117,14 @@ class Namer:
         self.names[v] = hint
         return hint
 
+    def claim(self, v: Value) -> str:
+        """An input keeps its exact name (it is the graph's signature), quoted when not bare."""
+        if v.name and v.name not in self.used:
+            self.used.add(v.name)
+            self.names[v] = v.name if _NAME.match(v.name) else json.dumps(v.name)
+            return self.names[v]
+        return self.name(v)
+
 
 def print_node(node: Node, namer: Namer, graph: Graph, *, locs: bool, inline_limit: int) -> str:
     results = ", ".join(f"%{namer.name(r)}" for r in node.results)
@@ -140,7 +148,7 @@ def print_node(node: Node, namer: Namer, graph: Graph, *, locs: bool, inline_lim
 def print_graph(graph: Graph, *, locs: bool = False, inline_limit: int = 8) -> str:
     namer = Namer()
     # Inputs claim their names first so that hints elsewhere cannot take them.
-    args = ", ".join(f"%{namer.name(v)}: {v.type}" for v in graph.inputs)
+    args = ", ".join(f"%{namer.claim(v)}: {v.type}" for v in graph.inputs)
     rets = ", ".join(f"{format_name(n)}: {v.type}" for n, v in graph.outputs)
     lines = [f"graph @{format_name(graph.name)}({args}) -> ({rets}) {{"]
     for node in graph.nodes:

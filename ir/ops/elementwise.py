@@ -113,6 +113,8 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype.kind in "iu" and b.dtype.kind in "iu":
         zero = b == 0
         safe = np.where(zero, 1, b)
+        if a.dtype.kind == "u" and b.dtype.kind == "u":
+            return np.where(zero, 0, a // safe)  # no sign; int64 would overflow for u64
         q = np.abs(a.astype(np.int64)) // np.abs(safe.astype(np.int64))
         q = np.where((a < 0) != (safe < 0), -q, q)
         return np.where(zero, 0, q)

@@ -223,6 +223,8 @@ class IotaAttrs(Attrs):
     def verify(self) -> None:
         if self.step == 0:
             raise VerifyError("iota step cannot be 0")
+        if not all(math.isfinite(v) for v in (self.start, self.stop, self.step)):
+            raise VerifyError("iota start, stop and step must be finite")
         if self.dtype.is_bool:
             raise VerifyError("iota dtype cannot be bool")
         if self.dtype.is_int and not all(isinstance(v, int) for v in (self.start, self.stop, self.step)):
@@ -267,9 +269,9 @@ def _topk_infer(a: TopkAttrs, ts: Sequence[Type]) -> list[Type]:
 
 def _topk_ref(a: TopkAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     x = args[0]
-    key = -x if a.largest and x.dtype.kind != "u" else x
-    if a.largest and x.dtype.kind == "u":
-        key = -x.astype(np.int64)
+    key = -x if a.largest else x
+    if a.largest and x.dtype.kind in "iu":
+        key = ~x  # -x - 1: reverses the order like -x without overflowing at the type's minimum
     if x.dtype.kind == "b":
         key = -x.astype(np.int8) if a.largest else x.astype(np.int8)
     order = np.argsort(key, axis=a.axis, kind="stable")
