@@ -28,7 +28,10 @@ def make_attrs(opdef: OpDef, attrs: Attrs | None, kwargs: dict[str, Any]) -> Att
         raise AttributeError_(f"'{opdef.name}': pass attrs or keywords, not both")
     if not isinstance(attrs, opdef.attrs):
         raise AttributeError_(f"'{opdef.name}' takes {opdef.attrs.__name__}, got {type(attrs).__name__}")
-    attrs.verify()
+    try:
+        attrs.verify()
+    except VerifyError as e:
+        raise AttributeError_(f"'{opdef.name}': {e}") from None
     return attrs
 
 

@@ -35,7 +35,7 @@ class UnknownOpError(KilnError):
     """An op name that the context's registry does not know."""
 
 
-class AttributeError_(KilnError):  # noqa: N801, N818 - avoids shadowing the builtin
+class AttributeError_(VerifyError):  # noqa: N801, N818 - avoids shadowing the builtin
     """A missing, unknown or ill-typed op attribute."""
 
 

@@ -54,7 +54,14 @@ def tokenize(text: str, source: str | None) -> list[Tok]:
         if kind == "nl":
             line, line_start = line + 1, m.end()
         elif kind != "ws":
-            toks.append(Tok(kind, m.group(), line, pos - line_start + 1))
+            tok = Tok(kind, m.group(), line, pos - line_start + 1)
+            quoted = tok.text.find('"')
+            if quoted >= 0:  # strings are JSON: reject raw control characters and bad escapes here
+                try:
+                    json.loads(tok.text[quoted:])
+                except json.JSONDecodeError as e:
+                    raise ParseError(f"bad string {tok.text!r}: {e.msg}", tok.line, tok.col, source) from None
+            toks.append(tok)
         pos = m.end()
     toks.append(Tok("eof", "", line, pos - line_start + 1))
     return toks
@@ -224,6 +231,8 @@ class Parser:
         if self.accept("{"):
             while not self.at("}"):
                 key_tok = self.expect_kind("ident", "an attribute name")
+                if key_tok.text in raw:
+                    raise self.error(f"attribute '{key_tok.text}' is given twice", key_tok)
                 self.expect("=")
                 val_tok = self.tok
                 raw[key_tok.text] = (self.parse_literal(), val_tok, key_tok)
@@ -469,7 +478,7 @@ def make_dense(val: Any, t: Type) -> np.ndarray:
             arr = arr.astype(np.bool_)
         arr = arr.astype(t.dtype.np_dtype)
     if arr.size == 0 and 0 in t.shape:
-        arr = arr.reshape(t.shape)  # dense<[]> holds any empty shape
+        arr = arr.reshape(t.static_shape)  # dense<[]> holds any empty shape
     if tuple(arr.shape) != t.shape:
         raise VerifyError(f"data of shape {list(arr.shape)} does not match {t}")
     return arr

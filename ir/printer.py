@@ -25,8 +25,8 @@ import numpy as np
 from .core import Attrs, Graph, Node, Value
 from .dtypes import DType
 
-_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.]+\Z")  # \Z: "$" would accept a trailing newline
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*\Z")
 
 
 def format_name(name: str) -> str:

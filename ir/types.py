@@ -18,7 +18,7 @@ from .errors import VerifyError
 Dim = int | str
 Shape = tuple[Dim, ...]
 
-_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def is_static(shape: Shape) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core import Attrs, NoAttrs
 from ..dtypes import i64
-from ..errors import TypeInferenceError, VerifyError
+from ..errors import KilnError, TypeInferenceError, VerifyError
 from ..registry import OpDef
 from ..types import Dim, TensorType, Type
 from ._util import broadcast_shapes, check_axes, check_axis, fmt_shape, same_dtype, tensor_args
@@ -80,6 +80,8 @@ def _reduction(name: str, fn: str, doc: str, composite: bool = False) -> OpDef:
         x = args[0]
         if fn in ("sum", "prod") and x.dtype.kind in "iu":
             x = x.astype(np.int64)
+        if fn in ("max", "min") and any(x.shape[ax] == 0 for ax in a.axes):
+            raise KilnError(f"'{name}' over an empty axis has no value (shape {list(x.shape)})")
         return [getattr(np, fn)(x, axis=a.axes, keepdims=a.keepdims)]
 
     return OpDef(name, ("x",), infer, ref, attrs=ReduceAttrs, composite=composite, doc=doc)
@@ -102,6 +104,8 @@ def _arg_reduction(name: str, fn: str) -> OpDef:
 
     def ref(a: ArgReduceAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
         x = args[0]
+        if x.shape[a.axis] == 0:
+            raise KilnError(f"'{name}' over an empty axis has no index (shape {list(x.shape)})")
         if a.select_last:
             flipped = np.flip(x, axis=a.axis)
             idx = x.shape[a.axis] - 1 - getattr(np, fn)(flipped, axis=a.axis, keepdims=a.keepdims)
@@ -136,6 +140,8 @@ def _float_same(name: str) -> object:
 
 def _softmax(a: AxisAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     x = args[0]
+    if x.size == 0:
+        return [x.copy()]  # nothing to normalise (np.max of an empty axis would raise)
     m = np.max(x, axis=a.axis, keepdims=True)
     e = np.exp(x - m)
     return [e / np.sum(e, axis=a.axis, keepdims=True)]
@@ -143,6 +149,8 @@ def _softmax(a: AxisAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> l
 
 def _log_softmax(a: AxisAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     x = args[0]
+    if x.size == 0:
+        return [x.copy()]  # nothing to normalise (np.max of an empty axis would raise)
     m = np.max(x, axis=a.axis, keepdims=True)
     s = x - m
     return [s - np.log(np.sum(np.exp(s), axis=a.axis, keepdims=True))]

@@ -269,11 +269,12 @@ def _topk_infer(a: TopkAttrs, ts: Sequence[Type]) -> list[Type]:
 
 def _topk_ref(a: TopkAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     x = args[0]
-    key = -x if a.largest else x
-    if a.largest and x.dtype.kind in "iu":
-        key = ~x  # -x - 1: reverses the order like -x without overflowing at the type's minimum
     if x.dtype.kind == "b":
         key = -x.astype(np.int8) if a.largest else x.astype(np.int8)
+    elif a.largest and x.dtype.kind in "iu":
+        key = ~x  # -x - 1: reverses the order like -x without overflowing at the type's minimum
+    else:
+        key = -x if a.largest else x
     order = np.argsort(key, axis=a.axis, kind="stable")
     idx = np.take(order, np.arange(a.k), axis=a.axis)
     return [np.take_along_axis(x, idx, axis=a.axis), idx.astype(np.int64)]
