@@ -79,10 +79,23 @@ def format_attrs(attrs: Attrs) -> str:
     return "{" + ", ".join(parts) + "}" if parts else ""
 
 
+def format_float_element(v: np.generic) -> str:
+    """The shortest text that parses back to the same value of ``v``'s own (float) dtype."""
+    f = float(v)
+    if f != f or f in (float("inf"), float("-inf")):
+        return format_scalar(f)
+    text = str(v)
+    if np.dtype(type(v)).type(float(text)) != v:  # e.g. a dtype without a shortest repr
+        return repr(f)
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
 def format_dense(arr: np.ndarray) -> str:
     def rec(a: np.ndarray) -> str:
         if a.ndim == 0:
-            return format_scalar(a.item() if a.dtype.kind in "biu" else float(a))
+            if a.dtype.kind in "biu":
+                return format_scalar(a.item())
+            return format_float_element(a[()])
         return "[" + ", ".join(rec(x) for x in a) + "]"
 
     return f"dense<{rec(np.asarray(arr))}>"
