@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..registry import OpDef
+from .contract import EinsumAttrs, GatherNdAttrs, contract_ops, explicit_equation
 from .elementwise import CastAttrs, GeluAttrs, elementwise_ops
 from .reduce import (
     ArgReduceAttrs,
@@ -29,7 +30,7 @@ from .shape import (
 
 def core_ops() -> list[OpDef]:
     """Every op kiln defines, in a stable order."""
-    return [*elementwise_ops(), *reduce_ops(), *shape_ops()]
+    return [*elementwise_ops(), *reduce_ops(), *shape_ops(), *contract_ops()]
 
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "CastAttrs",
     "ConstantAttrs",
     "CumsumAttrs",
+    "EinsumAttrs",
+    "GatherNdAttrs",
     "GeluAttrs",
     "IotaAttrs",
     "NormAttrs",
@@ -50,5 +53,6 @@ __all__ = [
     "TopkAttrs",
     "TriAttrs",
     "core_ops",
+    "explicit_equation",
     "normalize_slice",
 ]

@@ -949,6 +949,36 @@ def build_cases() -> list[Case]:
             {"axis": 1},
         )
     )
+    x234 = arr(np.arange(24).reshape(2, 3, 4) * 0.5, np.float32)
+    y245 = arr(np.arange(40).reshape(2, 4, 5) % 7 - 3.0, np.float32)
+    add(Case("einsum-bmm", "einsum", (x234, y245), einsum_bmm_truth, {"equation": "bij,bjk->bik"}))
+    add(
+        Case(
+            "einsum-ellipsis-sum",
+            "einsum",
+            (x234,),
+            lambda x: np.array([[sum(x[i, j]) for j in range(3)] for i in range(2)]),
+            {"equation": "...j->..."},
+        )
+    )
+    add(
+        Case(
+            "gather-nd",
+            "gather_nd",
+            (x234, arr([[[0, 1]], [[1, -1]]], np.int64)),
+            lambda x, i: np.array([[x[0, 1]], [x[1, 2]]]),
+            {},
+        )
+    )
+    add(
+        Case(
+            "gather-nd-batch",
+            "gather_nd",
+            (x234, arr([[2], [0]], np.int32)),
+            lambda x, i: np.array([x[0, 2], x[1, 0]]),
+            {"batch_dims": 1},
+        )
+    )
     add(
         Case(
             "gather-scalar-index",
@@ -1111,6 +1141,13 @@ def transpose_truth(x: np.ndarray, perm: Sequence[int]) -> np.ndarray:
         for i, p in enumerate(perm):
             src[p] = idx[i]
         out[idx] = x[tuple(src)]
+    return out
+
+
+def einsum_bmm_truth(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out = np.zeros((x.shape[0], x.shape[1], y.shape[2]))
+    for b, i, k in itertools.product(*map(range, out.shape)):
+        out[b, i, k] = sum(float(x[b, i, j]) * float(y[b, j, k]) for j in range(x.shape[2]))
     return out
 
 

@@ -65,6 +65,15 @@ def binary(op: str, dtype: DType = kd.f32) -> Build:
     return build
 
 
+def one2(op: str, t0: TensorType, t1: TensorType, **attrs: object) -> Build:
+    def build(b: GraphBuilder) -> None:
+        x, y = b.input("x", t0), b.input("y", t1)
+        for i, r in enumerate(b.op_values(op, x, y, **attrs)):
+            b.output(f"r{i}", r)
+
+    return build
+
+
 def one(op: str, in_type: TensorType, **attrs: object) -> Build:
     def build(b: GraphBuilder) -> None:
         x = b.input("x", in_type)
@@ -185,6 +194,8 @@ TABLE: list[tuple[str, str, Build]] = [
     ("concat", "concat", build_concat),
     ("split", "split", one("split", t(kd.f32, 6, "n"), axis=0, sizes=(1, 0, 2, 3))),
     ("gather", "gather", build_gather),
+    ("gather_nd", "gather_nd", one2("gather_nd", t(kd.f32, "b", 3, 4), t(kd.i64, "b", 1), batch_dims=1)),
+    ("einsum", "einsum", one2("einsum", t(kd.f32, "b", 3, 4), t(kd.f32, "b", 4, 5), equation="bij,bjk->bik")),
     ("squeeze", "squeeze", one("squeeze", t(kd.f32, 1, "n", 1), axes=(0, 2))),
     ("unsqueeze", "unsqueeze", one("unsqueeze", t(kd.f32, "n", 3), axes=(0, 3))),
     ("iota", "iota", build_iota),
