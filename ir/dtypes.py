@@ -130,15 +130,24 @@ def from_numpy(dtype: np.dtype | type) -> DType:
     dt = np.dtype(dtype)
     if dt == np.dtype(ml_dtypes.bfloat16):
         return bf16
+    if dt in _ML_INTS:
+        return _ML_INTS[dt]
     if dt.kind == "b":
         return boolean
-    if dt.kind == "f":
+    if dt.type in (np.float16, np.float32, np.float64):
         return DType("f", dt.itemsize * 8)
-    if dt.kind == "i":
-        return DType("i", dt.itemsize * 8)
-    if dt.kind == "u":
-        return DType("u", dt.itemsize * 8)
+    if dt.kind in "iu" and dt.type.__module__ == "numpy":
+        return DType(dt.kind, dt.itemsize * 8)  # type: ignore[arg-type]
     raise VerifyError(f"NumPy dtype {dt} has no kiln equivalent")
+
+
+#: ml_dtypes' narrow integers, which NumPy arrays can hold (kiln stores them in int8/uint8).
+_ML_INTS: dict[np.dtype, DType] = {
+    np.dtype(getattr(ml_dtypes, f"{k}int{b}")): DType("u" if k else "i", b)
+    for k in ("", "u")
+    for b in (2, 4)
+    if hasattr(ml_dtypes, f"{k}int{b}")
+}
 
 
 def wrap_int(values: np.ndarray, dtype: DType) -> np.ndarray:

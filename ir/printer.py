@@ -95,7 +95,7 @@ def format_dense(arr: np.ndarray) -> str:
         if a.ndim == 0:
             if a.dtype.kind in "biu":
                 return format_scalar(a.item())
-            return format_float_element(a[()])
+            return format_float_element(a[()])  # type: ignore[arg-type]
         return "[" + ", ".join(rec(x) for x in a) + "]"
 
     return f"dense<{rec(np.asarray(arr))}>"

@@ -13,6 +13,13 @@ from .errors import SignatureError, VerifyError
 from .types import Dim, HostType, TensorType, Type
 
 
+def _narrow_int_of(dt: np.dtype) -> DType | None:
+    try:
+        return from_numpy(dt)
+    except VerifyError:
+        return None
+
+
 def describe_array(x: Any) -> str:
     if isinstance(x, np.ndarray | np.generic):
         try:
@@ -35,6 +42,8 @@ def check_value(where: str, t: Type, x: Any, dims: dict[str, int]) -> Any:
     if not isinstance(x, np.ndarray | np.generic):
         raise SignatureError(f"{where}: expected an array {t}, got {type(x).__name__}")
     x = np.asarray(x)
+    if x.dtype != t.dtype.np_dtype and x.dtype.kind == "V" and _narrow_int_of(x.dtype) == t.dtype:
+        x = x.astype(t.dtype.np_dtype)  # ml_dtypes int4/uint4/... arrays: kiln stores them wider
     if x.dtype != t.dtype.np_dtype or x.ndim != t.rank:
         raise SignatureError(f"{where}: expected {t}, got {describe_array(x)}")
     for want, got in zip(t.shape, x.shape, strict=True):
