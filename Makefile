@@ -25,9 +25,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # mypy needs the package under its own name: the repository root is `kiln` only when installed.
+# Every module of the package is named, so that none escapes the check.
+MODULES := $(shell find ir frontends passes backends runtime -name '*.py' | sed -e 's|/__init__\.py$$||' -e 's|\.py$$||' -e 's|/|.|g' -e 's|^|-m kiln.|')
 typecheck: setup
 	mkdir -p .build/typecheck && ln -sfn "$(CURDIR)" .build/typecheck/kiln
-	MYPYPATH=.build/typecheck $(BIN)/mypy -p kiln -m kiln.cli
+	MYPYPATH=.build/typecheck $(BIN)/mypy -p kiln -m kiln.cli -m kiln.ops $(MODULES)
 
 pytest: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)

@@ -5,13 +5,14 @@ The public API (names only; the code lives in the sub-packages)::
     @kiln.jit                      trace a function written with kiln.ops / NumPy operators
     kiln.compile(graph, target=)   run a pipeline and compile a graph to an executable
     kiln.parse(text), kiln.load(path), kiln.save(graph, path)
-    kiln.targets(), kiln.passes(), kiln.KilnError
+    kiln.from_onnx(path), kiln.targets(), kiln.KilnError
 """
 
 from __future__ import annotations
 
 from . import ops
 from .frontends.jit import Compiled, Jitted, Lowered, jit
+from .frontends.onnx import OnnxImportError, from_onnx
 from .ir.builder import GraphBuilder
 from .ir.core import Graph, Node, Value
 from .ir.dtypes import DType, QuantType, bf16, boolean, f16, f32, f64, i8, i16, i32, i64, u8
@@ -44,13 +45,6 @@ def targets() -> list[Target]:
     return list(TARGETS)
 
 
-def passes() -> list[str]:
-    """The names of the passes a pipeline can use."""
-    from .passes.manager import builtin_passes
-
-    return sorted(builtin_passes())
-
-
 __all__ = [
     "BackendError",
     "Compiled",
@@ -64,6 +58,7 @@ __all__ = [
     "KilnError",
     "Lowered",
     "Node",
+    "OnnxImportError",
     "ParseError",
     "PassManager",
     "PipelineError",
@@ -83,6 +78,7 @@ __all__ = [
     "f16",
     "f32",
     "f64",
+    "from_onnx",
     "i8",
     "i16",
     "i32",
@@ -91,7 +87,6 @@ __all__ = [
     "load",
     "ops",
     "parse",
-    "passes",
     "save",
     "targets",
     "u8",

@@ -18,27 +18,53 @@ import numpy as np
 from .ir.errors import KilnError
 
 
-def _load(path: str, weights: str | None) -> typing.Any:
+def _parse_dims(items: Sequence[str] | None) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in items or ():
+        name, eq, val = item.partition("=")
+        if not eq or not val.isdigit():
+            raise KilnError(f"bad --dim {item!r}: expected NAME=SIZE, e.g. --dim seq=128")
+        dims[name] = int(val)
+    return dims
+
+
+def _load(path: str, weights: str | None, dims: Sequence[str] | None = None) -> typing.Any:
     from .ir.io import load
 
     p = Path(path)
     if not p.exists():
         raise KilnError(f"{path}: no such file")
     if p.suffix == ".onnx":
-        raise KilnError(f"{path}: ONNX import is not available yet; pass a .kir text IR file")
+        from .frontends.onnx import from_onnx
+
+        return from_onnx(p, dims=_parse_dims(dims))
     return load(p, weights=weights)
 
 
+def _summary(graph: typing.Any) -> str:
+    from .ir.cost import graph_costs
+
+    table = graph_costs(graph)
+    params = sum(int(np.size(v)) for v in graph.constants.values())
+    pbytes = sum(int(np.asarray(v).nbytes) for v in graph.constants.values())
+    lines = [
+        f"// {len(graph.nodes)} nodes, {params:,} parameters ({pbytes / 2**20:.2f} MiB of constants)",
+        f"// {'op':<14} {'count':>6} {'MFLOP':>12} {'MB moved':>10}",
+    ]
+    total_f = total_b = 0
+    for op, (cnt, fl, by) in sorted(table.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0])):
+        lines.append(f"// {op:<14} {cnt:>6} {fl / 1e6:>12.3f} {by / 1e6:>10.3f}")
+        total_f, total_b = total_f + fl, total_b + by
+    lines.append(f"// {'total':<14} {len(graph.nodes):>6} {total_f / 1e6:>12.3f} {total_b / 1e6:>10.3f}")
+    return "\n".join(lines)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    graph = _load(args.file, args.weights)
+    graph = _load(args.file, args.weights, args.dim)
     graph.verify()
     sys.stdout.write(graph.as_text(locs=args.locs))
-    if args.summary:
-        counts = graph.op_counts()
-        params = sum(int(np.size(v)) for v in graph.constants.values())
-        print(f"// {len(graph.nodes)} nodes, {params} constant elements")
-        for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            print(f"//   {op:<16} {n}")
+    if args.summary or Path(args.file).suffix == ".onnx":
+        print(_summary(graph))
     return 0
 
 
@@ -78,7 +104,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
     from .ir.io import save
     from .passes.manager import PassManager
 
-    graph = _load(args.file, args.weights)
+    graph = _load(args.file, args.weights, args.dim)
     pm = PassManager.parse(
         args.pipeline,
         verify_each=args.verify_each,
@@ -110,7 +136,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.executable import compile_graph
 
-    graph = _load(args.file, args.weights)
+    graph = _load(args.file, args.weights, args.dim)
     inputs = _read_npz(args.inputs) if args.inputs else {}
     exe = compile_graph(graph, args.target, args.pipeline)
     outs = exe.run(inputs)
@@ -134,10 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("show", help="print (and verify) an IR file")
-    s.add_argument("file", help="a .kir text IR file")
+    s.add_argument("file", help="a .kir text IR file or an .onnx model")
     s.add_argument("--weights", help="the constants (.npz); default: FILE with .npz")
     s.add_argument("--locs", action="store_true", help="print source locations")
-    s.add_argument("--summary", action="store_true", help="print op counts and parameters")
+    s.add_argument(
+        "--summary", action="store_true", help="ops by type, parameters, FLOPs, bytes (always for .onnx)"
+    )
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
     s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("passes", help="list passes and their options")
@@ -156,15 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-ir-after", action="append", metavar="PASS", help="print IR after PASS")
     s.add_argument("--print-ir-after-all", action="store_true")
     s.add_argument("--timing", action="store_true", help="print per-pass times")
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
     s.set_defaults(fn=cmd_opt)
 
-    s = sub.add_parser("run", help="run an IR file on inputs from a .npz")
+    s = sub.add_parser("run", help="run an IR file or ONNX model on inputs from a .npz")
     s.add_argument("file")
     s.add_argument("--inputs", help=".npz with one array per graph input, by name")
     s.add_argument("--target", default="reference")
     s.add_argument("-p", "--pipeline", default=None, help="pass pipeline (default cleanup)")
     s.add_argument("-o", "--output", help="write outputs to this .npz")
     s.add_argument("--weights")
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
     s.set_defaults(fn=cmd_run)
     return p
 

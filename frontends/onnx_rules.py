@@ -28,6 +28,8 @@ def attributes(node: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
+        if a.type == onnx.AttributeProto.FLOAT:
+            v = float(str(np.float32(v)))  # the float32 the exporter meant: 1e-05, not 9.99e-06
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     out["_n_outputs"] = len(node.output)  # rules such as Split need the output count
     return out

@@ -21,7 +21,7 @@ def parse_bindings(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in text.replace(",", " ").split():
         name, eq, val = part.partition("=")
-        if not eq or not val.strip().isdigit() or not name:
+        if not eq or not (val.isascii() and val.isdigit()) or not name:  # int() rejects "²"
             raise PipelineError(f'bad binding {part!r}: expected NAME=SIZE, as in bind="seq=128"')
         out[name] = int(val)
     return out

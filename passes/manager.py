@@ -30,7 +30,8 @@ def builtin_passes() -> dict[str, type[Pass]]:
 
 DEFAULT_PIPELINE = "canonicalize,constant-fold,cse,dce"
 
-_ITEM = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\s*(\{[^{}]*\})?\s*(,|$)")
+# options in braces; a quoted value may hold braces and commas (Pass.spec quotes such values)
+_ITEM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})?\s*(,|$)')
 _OPT = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,}]*)\s*(,|$)')
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.core import Graph, Node, Value
+from ..ir.errors import KilnError
 from ..ir.interpret import run_node
 from ..ir.registry import Context
 from .base import Pass, Rewriter
@@ -40,8 +41,11 @@ class ConstantFold(Pass):
                 return None
             if max(out_sizes) > max(self.max_elements, biggest):
                 return None
-            ys = run_node(rw.graph, node, list(datas), {}, ctx)
-            return [rw.constant(np.ascontiguousarray(y), hint="fold") for y in ys]
+            try:
+                ys = run_node(rw.graph, node, list(datas), {}, ctx)
+            except KilnError:
+                return None  # e.g. argmax of an empty axis: left for run time to report
+            return [rw.constant(np.asarray(y, order="C"), hint="fold") for y in ys]
 
         Rewriter(graph, ctx).run(visit)
         graph.prune_constants()
@@ -73,7 +77,7 @@ class CSE(Pass):
                 data = graph.constants.get(node.attrs.ref)  # type: ignore[attr-defined]
                 if data is None:
                     return None
-                arr = np.ascontiguousarray(data)
+                arr = np.asarray(data, order="C")  # keeps 0-d arrays 0-d
                 digest = hashlib.sha256(arr.tobytes()).hexdigest()
                 key: Any = ("constant", str(arr.dtype), arr.shape, digest)
             else:

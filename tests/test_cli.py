@@ -34,7 +34,7 @@ def test_show_prints_and_verifies(kir: Path, capsys: pytest.CaptureFixture[str])
     assert main(["show", str(kir), "--summary"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(GRAPH)
-    assert "neg              2" in out
+    assert "// neg" in out and "MFLOP" in out
 
 
 def test_opt_runs_pipeline_with_dumps_and_timing(kir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,7 +81,13 @@ def _reduction(name: str, fn: str, doc: str, composite: bool = False) -> OpDef:
         if fn in ("sum", "prod") and x.dtype.kind in "iu":
             x = x.astype(np.int64)
         if fn in ("max", "min") and any(x.shape[ax] == 0 for ax in a.axes):
-            raise KilnError(f"'{name}' over an empty axis has no value (shape {list(x.shape)})")
+            # The reduction of an empty set is the identity (-inf for max), as in ONNX.
+            dt = out[0].scalar_dtype  # type: ignore[union-attr]
+            if dt.is_float:
+                ident: float | int = -np.inf if fn == "max" else np.inf
+            else:
+                ident = dt.min_value if fn == "max" else dt.max_value
+            return [getattr(np, fn)(x, axis=a.axes, keepdims=a.keepdims, initial=ident)]
         return [getattr(np, fn)(x, axis=a.axes, keepdims=a.keepdims)]
 
     return OpDef(name, ("x",), infer, ref, attrs=ReduceAttrs, composite=composite, doc=doc)
@@ -246,8 +252,8 @@ def reduce_ops() -> list[OpDef]:
         ),
         _reduction("reduce_sum", "sum", "sum over axes"),
         _reduction("reduce_mean", "mean", "mean over axes (composite: sum / n)", composite=True),
-        _reduction("reduce_max", "max", "max over axes"),
-        _reduction("reduce_min", "min", "min over axes"),
+        _reduction("reduce_max", "max", "max over axes (-inf, or the int minimum, over none)"),
+        _reduction("reduce_min", "min", "min over axes (+inf, or the int maximum, over none)"),
         _reduction("reduce_prod", "prod", "product over axes"),
         _arg_reduction("argmax", "argmax"),
         _arg_reduction("argmin", "argmin"),

@@ -949,6 +949,18 @@ def build_cases() -> list[Case]:
             {"axis": 1},
         )
     )
+    # The reduction of an empty set is its identity (as in ONNX): -inf / the int minimum for max.
+    empty = arr(np.zeros((0, 3)), np.float32)
+    add(Case("reduce-max-empty", "reduce_max", (empty,), lambda x: np.full(3, -np.inf), {"axes": (0,)}))
+    add(
+        Case(
+            "reduce-min-empty-i4",
+            "reduce_min",
+            ((i4, arr(np.zeros((2, 0)), np.int8)),),
+            lambda x: np.full(2, 7),
+            {"axes": (1,)},
+        )
+    )
     x234 = arr(np.arange(24).reshape(2, 3, 4) * 0.5, np.float32)
     y245 = arr(np.arange(40).reshape(2, 4, 5) % 7 - 3.0, np.float32)
     add(Case("einsum-bmm", "einsum", (x234, y245), einsum_bmm_truth, {"equation": "bij,bjk->bik"}))

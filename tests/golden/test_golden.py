@@ -1,0 +1,103 @@
+"""Golden outputs: every fixture model and example on every registered backend.
+
+Each case is checked twice: the reference backend against an independent truth (onnxruntime's
+outputs saved with the ONNX fixtures, or a hand-written NumPy model), and every backend in
+``kiln.targets()`` against the reference backend. A new backend joins by registering its target.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.frontends.onnx import from_onnx
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "models"
+
+#: (rtol, atol) per output dtype: the one place golden tolerances are stated.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-9, 1e-12),
+    "float32": (1e-4, 1e-5),
+    "float16": (1e-2, 1e-3),
+    "bfloat16": (3e-2, 1e-2),
+}
+
+
+def assert_close(got: Any, want: Any, what: str) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    if want.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    rtol, atol = TOLERANCES[str(want.dtype)]
+    np.testing.assert_allclose(
+        got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol, err_msg=what
+    )
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A graph, its inputs, and the independent truth for its outputs (None: reference only)."""
+
+    name: str
+    load: Callable[[], tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray] | None]]
+
+
+def _onnx_fixture(name: str) -> Golden:
+    def load() -> tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        io = np.load(FIXTURES / f"{name}_io.npz")
+        inputs = {k: io[k] for k in io.files if not k.startswith("out_")}
+        truth = {k[4:]: io[k] for k in io.files if k.startswith("out_")}
+        return from_onnx(FIXTURES / f"{name}.onnx"), inputs, truth
+
+    return Golden(f"onnx-{name}", load)
+
+
+def _example_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"golden_example_{name}", ROOT / "examples" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _gpt_block() -> tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    ex = _example_module("gpt_block")
+    p = ex.init_weights(64)
+    x = np.random.default_rng(7).standard_normal((16, 64)).astype(np.float32)
+    graph = ex.make_block(p, 4).lower(x).graph
+    return graph, {"x": x}, {"out": ex.numpy_block(x, p, 4)}
+
+
+def _mlp_kir() -> tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    io = np.load(ROOT / "examples" / "ir" / "mlp_inputs.npz")
+    return kiln.load(ROOT / "examples" / "ir" / "mlp.kir"), {"x": io["x"]}, None
+
+
+GOLDEN = [_onnx_fixture("gpt2"), _onnx_fixture("llama"), Golden("example-gpt-block", _gpt_block),
+          Golden("example-mlp-kir", _mlp_kir)]  # fmt: skip
+TARGETS = [t.name for t in kiln.targets()]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", GOLDEN, ids=lambda g: g.name)
+def test_golden(case: Golden, target: str) -> None:
+    graph, inputs, truth = case.load()
+    reference = kiln.compile(graph, "reference", pipeline="").run(inputs)
+    if truth is not None:
+        for name, want in truth.items():
+            assert_close(reference[name], want, f"{case.name}: reference vs independent truth, output {name}")
+    got = kiln.compile(graph, target).run(inputs)  # the target's default pipeline
+    assert set(got) == set(reference)
+    for name, want in reference.items():
+        assert_close(got[name], want, f"{case.name}: {target} vs reference, output {name}")
