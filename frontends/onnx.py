@@ -25,6 +25,7 @@ from ..ir.errors import KilnError
 from ..ir.interpret import run_node
 from ..ir.registry import Context, default_context
 from ..ir.types import Dim, TensorType
+from ..passes.simplify import DCE
 
 MIN_OPSET = 13  # what kiln claims; older models import when each op's semantics are handled
 
@@ -96,7 +97,7 @@ def load_model(model: str | os.PathLike[str] | Any) -> Any:
         raise OnnxImportError(f"{path} holds no graph: is it an ONNX model?")
     try:
         onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise OnnxImportError(f"{path}: cannot load external weight data: {e}") from None
     return proto
 
@@ -317,6 +318,8 @@ def from_onnx(
                 raise OnnxImportError(f"{imp.node_desc}: optional outputs {extra} are not supported")
     for o in g.output:
         imp.builder.output(o.name, imp.env[o.name])
+    # Initializers and folded values that only fed shape arithmetic are dead now.
+    DCE().run(imp.builder.graph, imp.ctx)
     try:
         return imp.builder.build()
     except KilnError as e:
