@@ -37,7 +37,9 @@ def main() -> None:
         n = sum(c.values())
         print(f"{op:<30} {c['pass']:>7} {c['pass-static']:>7} {c['skip']:>8} {c['fail']:>7} {n:>6}")
     n = sum(total.values())
-    print(f"{'TOTAL':<30} {total['pass']:>7} {total['pass-static']:>7} {total['skip']:>8} {total['fail']:>7} {n:>6}")
+    print(
+        f"{'TOTAL':<30} {total['pass']:>7} {total['pass-static']:>7} {total['skip']:>8} {total['fail']:>7} {n:>6}"
+    )
     print(f"\n{len(table)} operators claimed and tested on '{args.target}' in {elapsed:.1f} s")
     reasons = Counter(r.detail for r in results if r.status == "skip")
     print("skip reasons: " + "; ".join(f"{why} ({k})" for why, k in reasons.most_common()))
