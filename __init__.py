@@ -5,7 +5,7 @@ The public API (names only; the code lives in the sub-packages)::
     @kiln.jit                      trace a function written with kiln.ops / NumPy operators
     kiln.compile(graph, target=)   run a pipeline and compile a graph to an executable
     kiln.parse(text), kiln.load(path), kiln.save(graph, path)
-    kiln.from_onnx(path), kiln.targets(), kiln.KilnError
+    kiln.from_onnx(path), kiln.to_onnx(graph, path), kiln.targets(), kiln.KilnError
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from . import ops
 from .frontends.jit import Compiled, Jitted, Lowered, jit
 from .frontends.onnx import OnnxImportError, from_onnx
+from .frontends.onnx_export import OnnxExportError, to_onnx
 from .ir.builder import GraphBuilder
 from .ir.core import Graph, Node, Value
 from .ir.dtypes import DType, QuantType, bf16, boolean, f16, f32, f64, i8, i16, i32, i64, u8
@@ -58,6 +59,7 @@ __all__ = [
     "KilnError",
     "Lowered",
     "Node",
+    "OnnxExportError",
     "OnnxImportError",
     "ParseError",
     "PassManager",
@@ -89,5 +91,6 @@ __all__ = [
     "parse",
     "save",
     "targets",
+    "to_onnx",
     "u8",
 ]

@@ -117,7 +117,10 @@ def _slice_infer(a: SliceAttrs, ts: Sequence[Type]) -> list[Type]:
 def _slice_ref(a: SliceAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     idx: list[slice] = [slice(None)] * args[0].ndim
     for ax, s, e, st in zip(a.axes, a.starts, a.stops, a.steps, strict=True):
-        idx[ax] = slice(s, None if e < 0 else e, st)
+        if slice_length(s, e, st) == 0:
+            idx[ax] = slice(0, 0)  # Python would read a start of -1 as the last element
+        else:
+            idx[ax] = slice(s, None if e < 0 else e, st)
     return [args[0][tuple(idx)]]
 
 

@@ -184,3 +184,18 @@ def test_cli_show_and_run_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
     assert main(["show", str(tmp_path / "bad.onnx")]) == 1
     assert "not a readable ONNX model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_round_trip_onnx_kiln_onnx_onnxruntime(name: str, tmp_path: Path) -> None:
+    """ONNX -> kiln -> ONNX -> onnxruntime reproduces the fixture's onnxruntime outputs."""
+    import onnxruntime as ort
+
+    io = np.load(FIXTURES / f"{name}_io.npz")
+    g = from_onnx(FIXTURES / f"{name}.onnx")
+    kiln.to_onnx(g, tmp_path / f"{name}.onnx", external_data=True)
+    sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = sess.run(["logits"], {"input_ids": io["input_ids"]})
+    np.testing.assert_allclose(logits, io["out_logits"], rtol=1e-4, atol=1e-5)
+    again = from_onnx(tmp_path / f"{name}.onnx")  # and back into kiln once more
+    np.testing.assert_allclose(kiln.compile(again)(io["input_ids"]), io["out_logits"], rtol=1e-4, atol=1e-5)
