@@ -57,6 +57,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..ir.core import Graph, Node, Value
+from ..ir.registry import default_context
+from ..passes.unfuse import Unfuse, has_fused
 from ..ir.dtypes import DType, QuantType, bf16, boolean, f16, f32, f64, i32, i64, u32, u64
 from ..ir.errors import KilnError
 from ..ir.ops.shape import slice_length
@@ -603,6 +605,8 @@ def to_onnx(
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise OnnxExportError(f"opset {opset} is not supported: kiln exports opsets {MIN_OPSET}..{newest}")
+    if has_fused(graph):  # kernel groups and attention export as the ops they stand for
+        graph = Unfuse().run(graph.copy(), default_context())
     problems = _problems(graph)
     if problems:
         listing = "\n  ".join(problems)

@@ -219,6 +219,9 @@ class Parser:
         if t.kind == "string":
             return json.loads(t.text)
         if t.kind == "ident":
+            if t.text == "graph":
+                self.i -= 1
+                return self.parse_region()
             if t.text in ("true", "false"):
                 return t.text == "true"
             if t.text in ("inf", "nan"):
@@ -286,6 +289,22 @@ class Parser:
         return self.values[name]
 
     def parse_graph(self) -> Graph:
+        graph = self.parse_graph_def()
+        if self.tok.kind != "eof":
+            raise self.error(f"unexpected '{self.tok.text}' after the graph")
+        return graph
+
+    def parse_region(self) -> Graph:
+        """A nested graph (a fused kernel's body): its own value names, checked like any graph."""
+        saved = self.values
+        self.values = {}
+        try:
+            graph = self.parse_graph_def()
+        finally:
+            self.values = saved
+        return graph
+
+    def parse_graph_def(self) -> Graph:
         self.expect("graph", "to start a graph")
         gname = self.strip_sigil(self.expect_kind("symbol", "a graph name such as @main").text)
         self.expect("(")
@@ -336,8 +355,6 @@ class Parser:
                     + ", ".join(f"{n}: {t}" for n, t in got),
                     declared[0][2],
                 )
-        if self.tok.kind != "eof":
-            raise self.error(f"unexpected '{self.tok.text}' after the graph")
         return graph
 
     def parse_node(self, graph: Graph) -> Node:
@@ -438,6 +455,10 @@ def convert(val: Any, hint: Any) -> Any:
             raise TypeError(f"expected a list, got {val!r}")
         arm = typing.get_args(hint)[0]
         return tuple(convert(x, arm) for x in val)
+    if hint is Graph:
+        if not isinstance(val, Graph):
+            raise TypeError(f"expected a graph (a region), got {val!r}")
+        return val
     if hint is DType:
         if not isinstance(val, _Ident):
             raise TypeError(f"expected a dtype, got {val!r}")

@@ -56,6 +56,9 @@ def format_attr_value(v: object) -> str:
         return json.dumps(v)
     if isinstance(v, DType):
         return v.name
+    if isinstance(v, Graph):
+        # A region (a fused kernel's body): the nested graph, indented under its node.
+        return print_graph(v).rstrip("\n").replace("\n", "\n    ")
     if isinstance(v, tuple | list):
         # Symbolic dims inside lists print bare, as in types: shape=[1,seq,768].
         return "[" + ",".join(_bare(x) if isinstance(x, str) else format_attr_value(x) for x in v) + "]"

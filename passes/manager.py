@@ -21,11 +21,12 @@ from .base import Pass
 from .canonicalize import Canonicalize
 from .infer_shapes import InferShapes, Verify
 from .simplify import CSE, DCE, ConstantFold
+from .unfuse import Unfuse
 
 
 def builtin_passes() -> dict[str, type[Pass]]:
     """Every pass kiln ships, by pipeline name."""
-    return {p.name: p for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE)}
+    return {p.name: p for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE, Unfuse)}
 
 
 DEFAULT_PIPELINE = "canonicalize,constant-fold,cse,dce"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..registry import OpDef
 from .contract import EinsumAttrs, GatherNdAttrs, contract_ops, explicit_equation
+from .fused import AttentionAttrs, FusedAttrs, fused_ops
 from .elementwise import CastAttrs, GeluAttrs, elementwise_ops
 from .reduce import (
     ArgReduceAttrs,
@@ -30,10 +31,12 @@ from .shape import (
 
 def core_ops() -> list[OpDef]:
     """Every op kiln defines, in a stable order."""
-    return [*elementwise_ops(), *reduce_ops(), *shape_ops(), *contract_ops()]
+    return [*elementwise_ops(), *reduce_ops(), *shape_ops(), *contract_ops(), *fused_ops()]
 
 
 __all__ = [
+    "AttentionAttrs",
+    "FusedAttrs",
     "ArgReduceAttrs",
     "AxesAttrs",
     "AxisAttrs",

@@ -961,6 +961,29 @@ def build_cases() -> list[Case]:
             {"axes": (1,)},
         )
     )
+    qq = arr(np.linspace(-1, 1, 2 * 3 * 4).reshape(2, 3, 4), np.float32)
+    kk = arr(np.linspace(1, -1, 2 * 5 * 4).reshape(2, 5, 4), np.float32)
+    vv = arr(np.arange(2 * 5 * 2).reshape(2, 5, 2) % 3 - 1.0, np.float32)
+    bias = arr(np.array([0.0, -1.0, 0.5, 0.0, 2.0]), np.float32)
+    add(Case("attention-bias", "attention", (qq, kk, vv, bias), attention_truth(0.7, False), {"scale": 0.7}))
+    add(
+        Case(
+            "attention-causal",
+            "attention",
+            (qq, kk, vv, arr(0.0, np.float32)),
+            attention_truth(0.5, True),
+            {"scale": 0.5, "causal": True},
+        )
+    )
+    add(
+        Case(
+            "fused-add-exp",
+            "fused",
+            (qq, qq),
+            lambda a, b: np.exp(a + b),
+            {"kind": "elementwise", "body": add_exp_body()},
+        )
+    )
     x234 = arr(np.arange(24).reshape(2, 3, 4) * 0.5, np.float32)
     y245 = arr(np.arange(40).reshape(2, 4, 5) % 7 - 3.0, np.float32)
     add(Case("einsum-bmm", "einsum", (x234, y245), einsum_bmm_truth, {"equation": "bij,bjk->bik"}))
@@ -1154,6 +1177,33 @@ def transpose_truth(x: np.ndarray, perm: Sequence[int]) -> np.ndarray:
             src[p] = idx[i]
         out[idx] = x[tuple(src)]
     return out
+
+
+def attention_truth(scale: float, causal: bool) -> Callable[..., np.ndarray]:
+    """Row by row, with Python floats: softmax over the visible keys of q.k * scale + bias, @ v."""
+
+    def truth(q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        n, sq, _ = q.shape
+        sk = k.shape[1]
+        b = np.broadcast_to(bias, (n, sq, sk))
+        out = np.zeros((n, sq, v.shape[2]))
+        for h in range(n):
+            for i in range(sq):
+                keys = [j for j in range(sk) if not causal or j <= i + sk - sq]
+                s = [float(np.dot(q[h, i], k[h, j])) * scale + float(b[h, i, j]) for j in keys]
+                m = max(s)
+                w = [math.exp(x - m) for x in s]
+                out[h, i] = sum(wi / sum(w) * v[h, j].astype(np.float64) for wi, j in zip(w, keys))
+        return out
+
+    return truth
+
+
+def add_exp_body() -> Any:
+    b = GraphBuilder("k0")
+    x, y = b.input("a", TensorType(kd.f32, (2, 3, 4))), b.input("b", TensorType(kd.f32, (2, 3, 4)))
+    b.output("r0", b.op("exp", b.op("add", x, y)))
+    return b.build()
 
 
 def einsum_bmm_truth(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -109,6 +109,25 @@ def build_concat(b: GraphBuilder) -> None:
     b.output("y", b.op("concat", *xs, axis=1))
 
 
+def build_attention(b: GraphBuilder) -> None:
+    q, k = b.input("q", t(kd.f32, "h", 4, 8)), b.input("k", t(kd.f32, "h", 6, 8))
+    v, m = b.input("v", t(kd.f32, "h", 6, 3)), b.input("m", t(kd.f32, 4, 6))
+    b.output("y", b.op("attention", q, k, v, m, scale=0.125, causal=True))
+
+
+def build_fused(b: GraphBuilder) -> None:
+    inner = GraphBuilder("k0")
+    x, w = inner.input("a", t(kd.f32, "n", 4)), inner.input("w", t(kd.f32, 4))
+    two = inner.constant(np.float32(2.0), "two")
+    inner.output("r0", inner.op("mul", inner.op("add", x, w), two))
+    inner.output("r1", inner.op("tanh", x))
+    body = inner.build()
+    a, w2 = b.input("x", t(kd.f32, "n", 4)), b.input("w", t(kd.f32, 4))
+    r0, r1 = b.op_values("fused", a, w2, kind="elementwise", body=body)
+    b.output("y", r0)
+    b.output("z", r1)
+
+
 def build_gather(b: GraphBuilder) -> None:
     x, idx = b.input("x", t(kd.f32, 50, "d")), b.input("idx", t(kd.i32, "b", "s"))
     b.output("y", b.op("gather", x, idx, axis=0))
@@ -196,6 +215,8 @@ TABLE: list[tuple[str, str, Build]] = [
     ("gather", "gather", build_gather),
     ("gather_nd", "gather_nd", one2("gather_nd", t(kd.f32, "b", 3, 4), t(kd.i64, "b", 1), batch_dims=1)),
     ("einsum", "einsum", one2("einsum", t(kd.f32, "b", 3, 4), t(kd.f32, "b", 4, 5), equation="bij,bjk->bik")),
+    ("attention", "attention", build_attention),
+    ("fused", "fused", build_fused),
     ("squeeze", "squeeze", one("squeeze", t(kd.f32, 1, "n", 1), axes=(0, 2))),
     ("unsqueeze", "unsqueeze", one("unsqueeze", t(kd.f32, "n", 3), axes=(0, 3))),
     ("iota", "iota", build_iota),
