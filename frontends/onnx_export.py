@@ -57,12 +57,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..ir.core import Graph, Node, Value
-from ..ir.registry import default_context
-from ..passes.unfuse import Unfuse, has_fused
 from ..ir.dtypes import DType, QuantType, bf16, boolean, f16, f32, f64, i32, i64, u32, u64
 from ..ir.errors import KilnError
 from ..ir.ops.shape import slice_length
+from ..ir.registry import default_context
 from ..ir.types import HostType, Shape, TensorType, Type
+from ..passes.unfuse import Unfuse, has_fused
 
 __all__ = ["NOT_EXPRESSIBLE", "ONNX_TYPES", "TABLE", "OnnxExportError", "Rule", "to_onnx"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..registry import OpDef
 from .contract import EinsumAttrs, GatherNdAttrs, contract_ops, explicit_equation
-from .fused import AttentionAttrs, FusedAttrs, fused_ops
 from .elementwise import CastAttrs, GeluAttrs, elementwise_ops
+from .fused import AttentionAttrs, FusedAttrs, fused_ops
 from .reduce import (
     ArgReduceAttrs,
     AxisAttrs,

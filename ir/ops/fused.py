@@ -23,7 +23,7 @@ import numpy as np
 from ..core import Attrs, Graph
 from ..errors import TypeInferenceError, VerifyError
 from ..registry import OpDef
-from ..types import TensorType, Type
+from ..types import Type
 from ._util import broadcast_shapes, same_dtype, tensor_args
 
 FUSED_KINDS = ("elementwise", "matmul", "rows", "attention", "generic")
@@ -113,7 +113,7 @@ def fused_ops() -> list[OpDef]:
             attrs=FusedAttrs,
             variadic=True,
             doc="a kernel group: runs its body graph (inputs = operands)",
-        ),  # fmt: skip
+        ),
         OpDef(
             "attention",
             ("q", "k", "v", "bias"),
@@ -121,5 +121,5 @@ def fused_ops() -> list[OpDef]:
             _attention_ref,
             attrs=AttentionAttrs,
             doc="softmax(q @ k^T * scale + bias [+ causal]) @ v, streamed with an online softmax",
-        ),  # fmt: skip
+        ),
     ]
