@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..ir.registry import Context
 from ..ir.targets import get_target
 from .base import Backend, CompiledFn
 from .reference import ReferenceBackend
 
 
-def get_backend(target: str, ctx: Context | None = None) -> Backend:
+def get_backend(
+    target: str, ctx: Context | None = None, *, cache_dir: Path | None = None, fallback: bool = False
+) -> Backend:
     """The backend for ``target`` (raises KilnError naming the known targets)."""
     get_target(target)
-    factories = {"reference": ReferenceBackend}
-    return factories[target](ctx)
+    if target == "numba-cpu":
+        from .numba_cpu import NumbaCpuBackend
+
+        return NumbaCpuBackend(ctx, cache_dir=cache_dir, fallback=fallback)
+    return ReferenceBackend(ctx)
 
 
 __all__ = ["Backend", "CompiledFn", "ReferenceBackend", "get_backend"]

@@ -203,6 +203,8 @@ def kiln_system(wl: Workload, target: str | None = None, cache_dir: str | None =
     compiled = jitted.lower(*wl.inputs).compile()
     setup = time.perf_counter() - t0
     extra = [note] if note else []
+    if cache_dir is not None:
+        extra.append("setup s here: in-process compile with the cache the compile subprocesses filled")
     return System(
         lambda: compiled(*wl.inputs), lambda: as_tuple(compiled(*wl.inputs)), setup, extra, [compiled]
     )
@@ -296,20 +298,24 @@ def run_system(
 ) -> Result:
     res = Result(name)
     try:
-        system = build()
-        res.setup_s, res.extra = system.setup_s, system.extra
-        res.max_err, ok = max_error(system.outputs(), want)
-        if not ok:
-            res.status = "wrong result"
-            res.detail = f"max |err| {res.max_err:.3g} exceeds rtol {RTOL} / atol {ATOL}"
-            return res
-        res.times_ms = measure(system.call, budget_s)
+        _check_and_time(res, build, want, budget_s)
     except Exception as e:  # report and go on with the other systems
         res.status, res.detail = "error", f"{type(e).__name__}: {e}".splitlines()[0][:200]
-    finally:
-        system = None  # type: ignore[assignment]
-        gc.collect()
+    gc.collect()  # the system (sessions, executables, device arrays) is gone: free its memory
     return res
+
+
+def _check_and_time(
+    res: Result, build: Callable[[], System], want: tuple[np.ndarray, ...], budget_s: float
+) -> None:
+    system = build()
+    res.setup_s, res.extra = system.setup_s, system.extra
+    res.max_err, ok = max_error(system.outputs(), want)
+    if not ok:
+        res.status = "wrong result"
+        res.detail = f"max |err| {res.max_err:.3g} exceeds rtol {RTOL} / atol {ATOL}"
+        return
+    res.times_ms = measure(system.call, budget_s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,9 +372,9 @@ def executable_stats(compiled: Any) -> dict[str, Any] | None:
     return dict(out) if isinstance(out, dict) else None
 
 
-def compile_report(workload: str, target: str, args: argparse.Namespace) -> tuple[list[str], str]:
+def compile_report(workload: str, target: str, args: argparse.Namespace, tmp: str) -> tuple[list[str], str]:
     """Lines describing cold and cached compilation, and the cache directory (now warm)."""
-    cache_dir = tempfile.mkdtemp(prefix="kiln-bench-cache-")
+    cache_dir = tempfile.mkdtemp(prefix=f"cache-{workload}-", dir=tmp)
     lines = []
     try:
         cold = compile_in_subprocess(workload, target, cache_dir, args)
@@ -409,8 +415,9 @@ def print_table(title: str, results: list[Result]) -> None:
     print("-" * len(head))
     for r in results:
         if r.status != "ok":
-            err = f"{r.max_err:10.2e}" if r.max_err is not None else f"{'':>10}"
-            print(f"{r.name:<16} {r.status + (': ' + r.detail if r.detail else '')}  {err}")
+            detail = f": {r.detail}" if r.detail else ""
+            err = f" (max |err| {r.max_err:.2e})" if r.max_err is not None and r.status == "error" else ""
+            print(f"{r.name:<16} {r.status}{detail}{err}")
             continue
         p10, p90 = np.percentile(r.times_ms, [10, 90])
         med = r.median
@@ -469,7 +476,7 @@ def run_workload(name: str, args: argparse.Namespace, targets: list[str], tmp: s
     numba_cache: str | None = None
     if NUMBA_TARGET in targets:
         time.sleep(PAUSE_S)
-        numba_lines, numba_cache = compile_report(name, NUMBA_TARGET, args)
+        numba_lines, numba_cache = compile_report(name, NUMBA_TARGET, args, tmp)
 
     plan: list[tuple[str, Callable[[], System] | None]] = [
         ("numpy", lambda: numpy_system(wl)),
@@ -492,8 +499,6 @@ def run_workload(name: str, args: argparse.Namespace, targets: list[str], tmp: s
         results.append(res)
     print_table(wl.title, results)
     sys.stdout.flush()
-    del wl
-    gc.collect()
     return results
 
 
@@ -525,6 +530,7 @@ def main() -> int:
             for r in run_workload(name, args, targets, tmp):
                 if r.status in ("wrong result", "error"):
                     failed.append(f"{name}/{r.name}: {r.status}")
+            gc.collect()  # the workload's weights and systems are gone
     if failed:
         print("\nFAILED: " + "; ".join(failed))
         return 1

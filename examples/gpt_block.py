@@ -84,7 +84,7 @@ def numpy_block(x: np.ndarray, p: dict[str, np.ndarray], heads: int) -> np.ndarr
     attn = (scores / scores.sum(-1, keepdims=True)) @ v
     x = x + attn.transpose(1, 0, 2).reshape(s, d) @ p["w_o"] + p["b_o"]
     h = ln(x, p["ln2_w"], p["ln2_b"]) @ p["w_fc"] + p["b_fc"]
-    h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+    h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * (h * h * h))))
     return (x + h @ p["w_proj"] + p["b_proj"]).astype(np.float32)
 
 

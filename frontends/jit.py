@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,8 @@ class Lowered:
             self.graph,
             target or j.target,
             j.pipeline if pipeline is None else pipeline,
+            cache_dir=j.cache_dir,
+            fallback=j.fallback,
             ctx=j.ctx,
         )
         return Compiled(exe, self.tree, self.array_argnums)
@@ -136,8 +139,12 @@ class Jitted:
         const_argnums: Sequence[int] = (),
         static_argnums: Sequence[int] = (),
         ctx: Context | None = None,
+        cache_dir: str | None = None,
+        fallback: bool = False,
     ) -> None:
         functools.update_wrapper(self, fn)
+        self.cache_dir = cache_dir
+        self.fallback = fallback
         self.fn = fn
         self.target = target
         self.pipeline = pipeline
@@ -262,19 +269,24 @@ def jit(
     pipeline: str | None = None,
     const_argnums: Sequence[int] = (),
     static_argnums: Sequence[int] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    fallback: bool = False,
 ) -> Any:
     """Trace ``fn`` into kiln IR per input signature and run it on ``target``.
 
     NumPy arrays passed as arguments become graph inputs, except those at ``const_argnums``,
     which are baked in as constants (weights), as are arrays the function captures. Python
     scalars and the arguments at ``static_argnums`` are static: a new value retraces.
-    ``pipeline`` is a pass pipeline (default: canonicalize,constant-fold,cse,dce).
+    ``pipeline`` is a pass pipeline (default: the target's). ``cache_dir`` keeps generated kernels
+    (default ``$KILN_CACHE_DIR`` or ``~/.cache/kiln``); ``fallback`` lets a target run ops it
+    cannot lower with the reference semantics (with a warning) instead of refusing them.
     """
     from ..ir.targets import get_target
 
     get_target(target)
 
     def wrap(f: Callable[..., Any]) -> Jitted:
-        return Jitted(f, target, pipeline, const_argnums, static_argnums)
+        return Jitted(f, target, pipeline, const_argnums, static_argnums,
+                      cache_dir=str(cache_dir) if cache_dir else None, fallback=fallback)  # fmt: skip
 
     return wrap(fn) if fn is not None else wrap

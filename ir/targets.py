@@ -11,15 +11,27 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Target:
-    """A compilation target: its name, the device kind and a one-line description."""
+    """A compilation target: its name, the device kind, a description, and the hardware limits
+    the passes plan for (data, so that passes never import backends)."""
 
     name: str
     device: str  # "cpu" or "gpu"
     description: str
+    max_kernel_inputs: int = 16  # operands one fused kernel may take
+    scratch_bytes: int = 512 * 1024  # per-row scratch of a row kernel (about the L2 per core)
+    parallel_min_elements: int = 1 << 15  # smaller kernels run on one thread (no fork/join cost)
+    vector_bytes: int = 64  # SIMD width (AVX-512)
+    pipeline: str = "canonicalize,constant-fold,cse,dce"  # what compile runs when given none
 
 
 TARGETS: tuple[Target, ...] = (
     Target("reference", "cpu", "NumPy interpreter: the golden semantics (unfused, unoptimised)"),
+    Target(
+        "numba-cpu",
+        "cpu",
+        "fused kernels generated as Numba code, BLAS for matmuls, planned buffers",
+        pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,fuse,dce",
+    ),
 )
 
 

@@ -19,6 +19,8 @@ from ..ir.errors import KilnError, PipelineError
 from ..ir.registry import Context, default_context
 from .base import Pass
 from .canonicalize import Canonicalize
+from .fuse import Fuse
+from .fuse_attention import FuseAttention
 from .infer_shapes import InferShapes, Verify
 from .simplify import CSE, DCE, ConstantFold
 from .unfuse import Unfuse
@@ -26,7 +28,10 @@ from .unfuse import Unfuse
 
 def builtin_passes() -> dict[str, type[Pass]]:
     """Every pass kiln ships, by pipeline name."""
-    return {p.name: p for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE, Unfuse)}
+    return {
+        p.name: p
+        for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE, Unfuse, FuseAttention, Fuse)
+    }
 
 
 DEFAULT_PIPELINE = "canonicalize,constant-fold,cse,dce"

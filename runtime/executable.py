@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ..backends import get_backend
@@ -11,8 +14,9 @@ from ..ir.core import Graph
 from ..ir.errors import KilnError
 from ..ir.registry import Context, default_context
 from ..ir.signature import positional_to_named
-from ..passes.manager import DEFAULT_PIPELINE, PassManager
-from .options import CompileOptions
+from ..ir.targets import get_target
+from ..passes.manager import PassManager
+from .options import CompileOptions, default_cache_dir
 
 
 class Executable:
@@ -28,7 +32,9 @@ class Executable:
             raise KilnError(
                 f"target '{backend.name}' cannot compile graph @{graph.name}:\n  " + "\n  ".join(unsupported)
             )
+        t0 = time.perf_counter()
         self._fn = backend.compile(graph)
+        self.compile_s = time.perf_counter() - t0
 
     @property
     def input_names(self) -> list[str]:
@@ -46,6 +52,14 @@ class Executable:
         vals = tuple(outs[n] for n in self.output_names)
         return vals[0] if len(vals) == 1 else vals
 
+    def stats(self) -> dict[str, Any]:
+        """Figures about the compiled form: kernels (after fusion), ops (before), peak_bytes of
+        planned buffers, compile_s; only what the backend knows."""
+        ex = getattr(self._fn, "executor", None)
+        out: dict[str, Any] = dict(ex.stats) if ex is not None else {}
+        out.setdefault("compile_s", self.compile_s)
+        return out
+
     def as_text(self) -> str:
         """The IR that runs (after the pipeline), and generated source where there is any."""
         src = self.backend.source(self.graph)
@@ -61,14 +75,19 @@ def compile_graph(
     pipeline: str | None = None,
     *,
     verify_each: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    fallback: bool = False,
     ctx: Context | None = None,
 ) -> Executable:
-    """Verify ``graph``, run ``pipeline`` (default: canonicalize,constant-fold,cse,dce; "" for
-    none) and compile the result for ``target``."""
+    """Verify ``graph``, run ``pipeline`` (default: the target's; "" for none) and compile the
+    result for ``target``. ``cache_dir`` holds generated kernels (default ``$KILN_CACHE_DIR`` or
+    ``~/.cache/kiln``); ``fallback`` runs ops the target cannot lower with the reference semantics."""
     ctx = ctx or default_context()
-    options = CompileOptions(target, pipeline, verify_each)
+    options = CompileOptions(target, pipeline, verify_each, str(cache_dir) if cache_dir else None, fallback)
     graph.verify(ctx)
-    backend = get_backend(target, ctx)
-    spec = DEFAULT_PIPELINE if pipeline is None else pipeline
+    tgt = get_target(target)
+    backend = get_backend(target, ctx, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+                          fallback=fallback)  # fmt: skip
+    spec = tgt.pipeline if pipeline is None else pipeline
     g = PassManager.parse(spec, verify_each=verify_each, ctx=ctx).run(graph) if spec else graph
     return Executable(g, backend, options)

@@ -97,7 +97,7 @@ class GeluAttrs(Attrs):
 def _gelu_ref(a: GeluAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     x = args[0]
     if a.approximate == "tanh":
-        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))  # x**3 is slow in NumPy
         return [0.5 * x * (1.0 + np.tanh(inner))]
     return [0.5 * x * (1.0 + scipy.special.erf(x / math.sqrt(2.0)))]
 

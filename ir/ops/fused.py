@@ -23,7 +23,7 @@ import numpy as np
 from ..core import Attrs, Graph
 from ..errors import TypeInferenceError, VerifyError
 from ..registry import OpDef
-from ..types import Type
+from ..types import TensorType, Type
 from ._util import broadcast_shapes, same_dtype, tensor_args
 
 FUSED_KINDS = ("elementwise", "matmul", "rows", "attention", "generic")
@@ -57,6 +57,11 @@ def _fused_infer(a: FusedAttrs, ts: Sequence[Type]) -> list[Type]:
 def _fused_ref(a: FusedAttrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
     from ..interpret import interpret
 
+    # The interpreter hands f16/bf16 operands over computed in f32: give the body its own dtypes.
+    args = [
+        np.asarray(x).astype(v.type.scalar_dtype.np_dtype) if isinstance(v.type, TensorType) else x
+        for x, v in zip(args, a.body.inputs, strict=True)
+    ]
     res = interpret(a.body, dict(zip(a.body.input_names, args, strict=True)))
     return [res[name] for name in a.body.output_names]
 

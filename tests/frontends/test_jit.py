@@ -320,4 +320,4 @@ def test_kiln_compile_and_executable_run() -> None:
         exe(x_val, x_val)
     with pytest.raises(kiln.SignatureError, match="missing"):
         exe.run({})
-    assert [t.name for t in kiln.targets()] == ["reference"]
+    assert {"reference", "numba-cpu"} <= {t.name for t in kiln.targets()}

@@ -106,7 +106,9 @@ X = np.random.default_rng(7).uniform(-2, 2, size=(2, 3)).astype(np.float32)
 
 
 def test_builtin_pass_names() -> None:
-    assert {"verify", "infer-shapes", "canonicalize", "constant-fold", "cse", "dce", "unfuse"} <= set(builtin_passes())
+    assert {"verify", "infer-shapes", "canonicalize", "constant-fold", "cse", "dce", "unfuse"} <= set(
+        builtin_passes()
+    )
 
 
 def test_parse_names_in_order() -> None:

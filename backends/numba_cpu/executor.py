@@ -1,0 +1,374 @@
+"""Plans and runs a fused graph on the CPU: generated Numba kernels, BLAS matmuls, NumPy views.
+
+Lowering table (op -> how it runs):
+- ``fused``: its leading matmul (if any) with BLAS (``np.matmul(..., out=)``), then one generated
+  row kernel (codegen.py) for the rest of the body;
+- ``attention``: the streaming online-softmax kernel (attention.py);
+- ``matmul``: BLAS into a planned buffer;
+- views, free: reshape, squeeze, unsqueeze, transpose, slice, split, broadcast_to;
+- copies into planned buffers: concat (``np.concatenate(out=)``), gather (``np.take(out=)``);
+- the remaining ops run their NumPy reference semantics: index and shape ops that fusion does not
+  reach (iota, topk, argmax, cumsum, triu, ...), reductions over other axes than the last, and
+  fused groups or attention in dtypes the generated kernels do not handle (integers, f16, bf16).
+Anything else is refused with the op's name, or run by the reference semantics with a warning
+when the user asked for ``fallback``. Intermediate buffers are planned once (backends/memory.py)
+and reused on every call; outputs are copied out so callers never see a buffer change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ...ir.core import Graph, Node, Value
+from ...ir.errors import BackendError, KilnError
+from ...ir.interpret import run_node
+from ...ir.registry import Context
+from ...ir.signature import bind_inputs
+from ...ir.targets import Target
+from ...passes.fuse import ELEMENTWISE, kernel_counts
+from ..memory import plan_buffers
+from .attention import attention_source
+from .cache import KernelCache
+from .codegen import generate
+
+VIEWS = frozenset({"reshape", "squeeze", "unsqueeze", "transpose", "slice", "split", "broadcast_to"})
+NUMPY_OPS = frozenset(
+    [
+        "iota",
+        "topk",
+        "argmax",
+        "argmin",
+        "cumsum",
+        "cast",
+        "triu",
+        "tril",
+        "einsum",
+        "gather_nd",
+        "reduce_sum",
+        "reduce_mean",
+        "reduce_max",
+        "reduce_min",
+        "reduce_prod",
+        "softmax",
+        "log_softmax",
+        "layer_norm",
+        "rms_norm",
+        "where",
+    ]
+)
+
+Step = Callable[[list[Any]], None]
+
+
+class Executor:
+    """A planned, compiled graph: ``run(inputs) -> outputs``."""
+
+    def __init__(
+        self, graph: Graph, ctx: Context, target: Target, cache: KernelCache, fallback: bool
+    ) -> None:
+        t0 = time.perf_counter()
+        self.graph = graph
+        self.ctx = ctx
+        self.target = target
+        self.cache = cache
+        self.fallback = fallback
+        self.sources: list[str] = []
+        self.slot: dict[Value, int] = {}
+        for v in graph.inputs:
+            self.slot_of(v)
+        refused = [f"{n.describe()}: no numba-cpu lowering" for n in graph.nodes if not self.lowered(n)]
+        if refused and not fallback:
+            raise BackendError(
+                "target 'numba-cpu' cannot compile:\n  " + "\n  ".join(refused)
+                + "\n(compile with fallback=True to run these ops with the reference semantics)"
+            )  # fmt: skip
+        self.buffers = self.plan()
+        self.steps: list[Step] = [self.lower(n) for n in graph.nodes]
+        self.out_slots = [(name, self.slot[v]) for name, v in graph.outputs]
+        ops, kernels = kernel_counts(graph)
+        self.stats: dict[str, Any] = {"kernels": kernels, "ops": ops, "peak_bytes": self.peak_bytes}
+        if all(isinstance(v.type.__class__, type) and hasattr(v.type, "dtype") for v in graph.inputs):
+            self.warm_up()
+        self.stats["compile_s"] = time.perf_counter() - t0
+
+    # -- planning -----------------------------------------------------------------------------
+    def slot_of(self, v: Value) -> int:
+        if v not in self.slot:
+            self.slot[v] = len(self.slot)
+        return self.slot[v]
+
+    def lowered(self, n: Node) -> bool:
+        if n.op in ("fused", "attention", "constant", "matmul", "concat", "gather"):
+            return True
+        return n.op in VIEWS or n.op in NUMPY_OPS or n.op in ELEMENTWISE
+
+    def numpy_step(self, n: Node, ins: list[int], outs: list[int]) -> Step:
+        """Run ``n`` with its reference (NumPy) semantics: the lowering of the rare ops."""
+        graph, ctx = self.graph, self.ctx
+
+        def numpy_op(env: list[Any]) -> None:
+            ys = run_node(graph, n, [env[i] for i in ins], {}, ctx)
+            for k, y in zip(outs, ys, strict=True):
+                env[k] = y
+
+        return numpy_op
+
+    def plan(self) -> dict[Value, np.ndarray]:
+        steps: list[tuple[list[Value], list[Value]]] = []
+        alias: dict[Value, Value] = {}
+        nbytes: dict[Value, int] = {}
+        for n in self.graph.nodes:
+            defs = list(n.results)
+            if n.op == "fused" and n.attrs.body.nodes and self._leading_matmul(n) is not None:  # type: ignore[attr-defined]
+                defs = [*defs, self._mm_value(n)]
+            for r in n.results:
+                if n.op in VIEWS:
+                    alias[r] = n.operands[0]
+                elif n.op not in ("constant",) and n.op not in NUMPY_OPS:
+                    nbytes[r] = _bytes(r)
+            for d in defs:
+                if d not in n.results:
+                    nbytes[d] = _bytes(d)
+            steps.append((defs, list(n.operands)))
+        outputs = {v for _, v in self.graph.outputs}
+        mp = plan_buffers(steps, nbytes, alias, pinned=outputs)
+        self.peak_bytes = mp.peak_bytes
+        blocks = [np.empty(max(s, 1), np.uint8) for s in mp.sizes]
+        buffers: dict[Value, np.ndarray] = {}
+        for v, b in mp.block_of.items():
+            t = v.tensor_type
+            dt = t.scalar_dtype.np_dtype
+            buffers[v] = blocks[b][: _bytes(v)].view(dt).reshape(t.static_shape)
+        return buffers
+
+    def _leading_matmul(self, n: Node) -> Node | None:
+        first = next((m for m in n.attrs.body.nodes if m.op != "constant"), None)  # type: ignore[attr-defined]
+        return first if first is not None and first.op == "matmul" else None
+
+    def _mm_value(self, n: Node) -> Value:
+        mm = self._leading_matmul(n)
+        assert mm is not None
+        if not hasattr(self, "_mm_cache"):
+            self._mm_cache: dict[Node, Value] = {}
+        if n not in self._mm_cache:
+            self._mm_cache[n] = Value(mm.results[0].type, "mm")
+        return self._mm_cache[n]
+
+    # -- lowering -------------------------------------------------------------------------------
+    def lower(self, n: Node) -> Step:
+        ins = [self.slot_of(v) for v in n.operands]
+        outs = [self.slot_of(r) for r in n.results]
+        op = n.op
+        if op == "constant":
+            data = self.graph.constants[n.attrs.ref]  # type: ignore[attr-defined]
+            o = outs[0]
+
+            def const(env: list[Any]) -> None:
+                env[o] = data
+
+            return const
+        if op == "fused":
+            return self.lower_fused(n, ins, outs)
+        if op == "attention":
+            return self.lower_attention(n, ins, outs)
+        if op == "matmul":
+            buf = self.buffers[n.results[0]]
+            a, b, o = ins[0], ins[1], outs[0]
+
+            def matmul(env: list[Any]) -> None:
+                env[o] = np.matmul(env[a], env[b], out=buf)
+
+            return matmul
+        if op in VIEWS:
+            return self.lower_view(n, ins, outs)
+        if op == "concat":
+            buf = self.buffers[n.results[0]]
+            axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]
+
+            def concat(env: list[Any]) -> None:
+                env[o] = np.concatenate([env[i] for i in ins], axis=axis, out=buf)
+
+            return concat
+        if op == "gather":
+            buf = self.buffers[n.results[0]]
+            axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]
+            desc = n.describe()
+
+            def gather(env: list[Any]) -> None:
+                try:
+                    env[o] = np.take(env[ins[0]], env[ins[1]], axis=axis, out=buf)
+                except IndexError as e:
+                    raise KilnError(f"{desc}: {e}") from None
+
+            return gather
+        if op in NUMPY_OPS or op in ELEMENTWISE:
+            return self.numpy_step(n, ins, outs)
+        if self.fallback:
+            warnings.warn(f"numba-cpu: {n.describe()} has no lowering; it runs with the reference "
+                          "semantics (fallback=True)", RuntimeWarning, stacklevel=2)  # fmt: skip
+            return self.numpy_step(n, ins, outs)
+        raise BackendError(f"{n.describe()}: no numba-cpu lowering")
+
+    def lower_view(self, n: Node, ins: list[int], outs: list[int]) -> Step:
+        a = n.attrs
+        i = ins[0]
+        if n.op in ("reshape", "squeeze", "unsqueeze", "broadcast_to"):
+            shape = n.results[0].tensor_type.static_shape
+            o = outs[0]
+            if n.op == "broadcast_to":
+
+                def bcast(env: list[Any]) -> None:
+                    env[o] = np.broadcast_to(env[i], shape)
+
+                return bcast
+
+            def reshape(env: list[Any]) -> None:
+                env[o] = env[i].reshape(shape)
+
+            return reshape
+        if n.op == "transpose":
+            perm, o = a.perm, outs[0]  # type: ignore[attr-defined]
+
+            def transpose(env: list[Any]) -> None:
+                env[o] = env[i].transpose(perm)
+
+            return transpose
+        if n.op == "slice":
+            rank = n.operands[0].tensor_type.rank
+            idx: list[slice] = [slice(None)] * rank
+            for ax, s, e, st in zip(a.axes, a.starts, a.stops, a.steps, strict=True):  # type: ignore[attr-defined]
+                idx[ax] = slice(s, None if e < 0 else e, st) if len(range(s, e, st)) else slice(0, 0)
+            key, o = tuple(idx), outs[0]
+
+            def slice_(env: list[Any]) -> None:
+                env[o] = env[i][key]
+
+            return slice_
+        # split: views of consecutive pieces
+        axis = a.axis  # type: ignore[attr-defined]
+        bounds = np.cumsum([0, *a.sizes])  # type: ignore[attr-defined]
+        rank = n.operands[0].tensor_type.rank
+        keys = []
+        for lo, hi in itertools.pairwise(bounds):
+            k: list[slice] = [slice(None)] * rank
+            k[axis] = slice(int(lo), int(hi))
+            keys.append(tuple(k))
+
+        def split(env: list[Any]) -> None:
+            x = env[i]
+            for o, k in zip(outs, keys, strict=True):
+                env[o] = x[k]
+
+        return split
+
+    def kernel(self, source: str) -> tuple[str, Any, Any]:
+        name, mod = self.cache.module(source)
+        self.sources.append(source.replace("__KERNEL__", name))
+        return name, getattr(mod, f"{name}_parallel"), getattr(mod, f"{name}_serial")
+
+    def lower_fused(self, n: Node, ins: list[int], outs: list[int]) -> Step:
+        body = n.attrs.body  # type: ignore[attr-defined]
+        try:
+            spec = generate(body, "__KERNEL__")
+        except BackendError:
+            # Integer, f16 or bf16 groups: no generated kernel; NumPy runs the body op by op.
+            self.stats_numpy_groups = getattr(self, "stats_numpy_groups", 0) + 1
+            return self.numpy_step(n, ins, outs)
+        name, par, ser = self.kernel(spec.source)
+        fn = par if spec.rows > 1 and spec.rows * spec.cols >= self.target.parallel_min_elements else ser
+        R, C = spec.rows, spec.cols  # noqa: N806
+        shapes = {"full": (R, C), "bcast": (R, C), "col": (R,), "row": (C,), "scalar": (1,)}
+        space = next(m for m in body.nodes if m.op != "constant").results[0].tensor_type.static_shape
+        mm = self._leading_matmul(n) if spec.matmul else None
+        mm_buf = self.buffers[self._mm_value(n)] if mm is not None else None
+        mm_ins = [ins[body.inputs.index(v)] for v in mm.operands] if mm is not None else []
+        arg_ins = [(ins[k], shapes[acc], acc == "bcast")
+                   for k, acc in enumerate(spec.input_access[1 if mm else 0 :]) if acc != "skip"]  # fmt: skip
+        out_views = [
+            self.buffers[r].reshape(shapes[acc]) for r, acc in zip(n.results, spec.output_access, strict=True)
+        ]
+        out_arrays = [self.buffers[r] for r in n.results]
+        cache, first = self.cache, [True]
+
+        def fused(env: list[Any]) -> None:
+            args: list[Any] = []
+            if mm_buf is not None:
+                args.append(np.matmul(env[mm_ins[0]], env[mm_ins[1]], out=mm_buf).reshape(R, C))
+            for k, shape, bcast in arg_ins:
+                x = env[k]
+                if bcast:
+                    x = np.broadcast_to(x, space)
+                args.append(np.ascontiguousarray(x).reshape(shape))
+            args.extend(out_views)
+            if first[0]:
+                first[0] = False
+                cache.call_checked(name, fn, tuple(args))
+            else:
+                fn(*args)
+            for k, arr in zip(outs, out_arrays, strict=True):
+                env[k] = arr
+
+        return fused
+
+    def lower_attention(self, n: Node, ins: list[int], outs: list[int]) -> Step:
+        if n.results[0].tensor_type.scalar_dtype.name != "f32":
+            return self.numpy_step(n, ins, outs)  # the kernel is float32 only
+        name, par, ser = self.kernel(attention_source("__KERNEL__"))
+        q, k, v = (x.tensor_type for x in n.operands[:3])
+        lead = q.static_shape[:-2]
+        nb = int(np.prod(lead)) if lead else 1
+        sq, d = q.static_shape[-2:]
+        sk, dv = k.static_shape[-2], v.static_shape[-1]
+        fn = par if nb * sq * sk >= self.target.parallel_min_elements // 4 else ser
+        out = self.buffers[n.results[0]]
+        out3 = out.reshape(nb, sq, dv)
+        scale = np.float32(n.attrs.scale)  # type: ignore[attr-defined]
+        causal = bool(n.attrs.causal)  # type: ignore[attr-defined]
+        scores = (*lead, sq, sk)
+        o = outs[0]
+        cache, first = self.cache, [True]
+
+        def attention(env: list[Any]) -> None:
+            qa = np.ascontiguousarray(env[ins[0]]).reshape(nb, sq, d)
+            ka = np.ascontiguousarray(env[ins[1]]).reshape(nb, sk, d)
+            va = np.ascontiguousarray(env[ins[2]]).reshape(nb, sk, dv)
+            ba = np.broadcast_to(env[ins[3]], scores).reshape(nb, sq, sk)
+            args = (qa, ka, va, ba, out3, scale, causal)
+            if first[0]:
+                first[0] = False
+                cache.call_checked(name, fn, args)
+            else:
+                fn(*args)
+            env[o] = out
+
+        return attention
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        vals, _ = bind_inputs(self.graph, inputs)
+        env: list[Any] = [None] * len(self.slot)
+        for v, x in zip(self.graph.inputs, vals, strict=True):
+            env[self.slot[v]] = x
+        for step in self.steps:
+            step(env)
+        return {name: np.array(env[s], copy=True) for name, s in self.out_slots}
+
+    def warm_up(self) -> None:
+        """Run once on zeros so that every kernel is compiled (or loaded from cache) now."""
+        try:
+            zeros = {str(v.name): np.zeros(v.tensor_type.static_shape, v.tensor_type.scalar_dtype.np_dtype)
+                     for v in self.graph.inputs}  # fmt: skip
+        except KilnError:
+            return  # symbolic or host inputs: kernels compile on the first call
+        self.run(zeros)
+
+
+def _bytes(v: Value) -> int:
+    t = v.tensor_type
+    return int(np.prod(t.static_shape, dtype=np.int64)) * t.scalar_dtype.np_dtype.itemsize
