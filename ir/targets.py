@@ -30,7 +30,7 @@ TARGETS: tuple[Target, ...] = (
         "numba-cpu",
         "cpu",
         "fused kernels generated as Numba code, BLAS for matmuls, planned buffers",
-        pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,fuse,dce",
+        pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,fuse-horizontal,fuse,dce",
     ),
 )
 

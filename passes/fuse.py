@@ -12,7 +12,9 @@ Decisions (the cost model): a consumer joins its producer's group when the itera
 agree, the operands fit the access patterns, no operand depends on the group (no cycles), the
 group keeps at most ``Target.max_kernel_inputs`` operands, and its per-row working set fits
 ``Target.scratch_bytes``. Each merge saves writing and re-reading one intermediate (``bytes_saved``).
-Options turn each kind of fusion off: ``elementwise``, ``epilogue`` (into a matmul), ``rows``.
+Horizontally, small independent groups with the same iteration space (below
+``Target.parallel_min_elements``) share one launch. Options turn each kind off: ``elementwise``,
+``epilogue`` (into a matmul), ``rows``, ``horizontal``.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class Fuse(Pass):
     elementwise: bool = True
     epilogue: bool = True
     rows: bool = True
+    horizontal: bool = True
     target: str = "numba-cpu"
 
     def run(self, graph: Graph, ctx: Context) -> Graph:
@@ -242,7 +245,59 @@ class Fuse(Pass):
                 g.add(n)
                 group_of[n] = g
                 groups.append(g)
+        if self.horizontal:
+            groups = _merge_siblings(graph, groups, group_of, tgt.parallel_min_elements)
         return _rebuild(graph, ctx, groups, group_of, const_data)
+
+
+def _merge_siblings(
+    graph: Graph, groups: list[Group], group_of: dict[Node, Group], limit: int
+) -> list[Group]:
+    """Put small, mutually independent groups of one iteration space into one launch.
+
+    Independence is exact: two groups merge only when neither has a node among the other's
+    transitive producers (ancestor sets as bit masks over node positions).
+    """
+    pos = {n: i for i, n in enumerate(graph.nodes)}
+    producer = graph.producers()
+    anc: dict[Node, int] = {}
+    for n in graph.nodes:  # topological order: operands' ancestors are known
+        mask = 0
+        for v in n.operands:
+            p = producer.get(v)
+            if p is not None:
+                mask |= anc[p] | (1 << pos[p])
+        anc[n] = mask
+
+    def members(g: Group) -> int:
+        return sum(1 << pos[n] for n in g.nodes)
+
+    def ancestors(g: Group) -> int:
+        m = 0
+        for n in g.nodes:
+            m |= anc[n]
+        return m & ~members(g)
+
+    merged: list[Group] = []
+    for g in groups:
+        r, c = rows_cols(g.space)
+        host = None
+        if not g.has_matmul and r * c < limit:
+            for h in merged:
+                if h.has_matmul or h.space != g.space or len(h.nodes) + len(g.nodes) > 64:
+                    continue
+                if members(h) & ancestors(g) or members(g) & ancestors(h):
+                    continue
+                host = h
+                break
+        if host is None:
+            merged.append(g)
+            continue
+        host.first = min(host.first, g.first)
+        for n in g.nodes:
+            host.add(n)
+            group_of[n] = host
+    return merged
 
 
 def _nbytes(v: Value) -> int:

@@ -21,6 +21,7 @@ from .base import Pass
 from .canonicalize import Canonicalize
 from .fuse import Fuse
 from .fuse_attention import FuseAttention
+from .fuse_horizontal import FuseHorizontal
 from .infer_shapes import InferShapes, Verify
 from .simplify import CSE, DCE, ConstantFold
 from .unfuse import Unfuse
@@ -30,7 +31,18 @@ def builtin_passes() -> dict[str, type[Pass]]:
     """Every pass kiln ships, by pipeline name."""
     return {
         p.name: p
-        for p in (Verify, InferShapes, Canonicalize, ConstantFold, CSE, DCE, Unfuse, FuseAttention, Fuse)
+        for p in (
+            Verify,
+            InferShapes,
+            Canonicalize,
+            ConstantFold,
+            CSE,
+            DCE,
+            Unfuse,
+            FuseAttention,
+            FuseHorizontal,
+            Fuse,
+        )
     }
 
 
