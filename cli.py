@@ -62,9 +62,40 @@ def _summary(graph: typing.Any) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     graph = _load(args.file, args.weights, args.dim)
     graph.verify()
+    if args.fusion or args.kernels:
+        return _show_compiled(graph, args)
     sys.stdout.write(graph.as_text(locs=args.locs))
     if args.summary or Path(args.file).suffix == ".onnx":
         print(_summary(graph))
+    return 0
+
+
+def _fusion_report(graph: typing.Any) -> str:
+    from .passes.fuse import kernel_counts
+
+    ops, kernels = kernel_counts(graph)
+    lines = [f"// {kernels} kernels for {ops} ops ({ops / max(kernels, 1):.1f}x fewer launches)"]
+    for n in graph.nodes:
+        if n.op == "fused":
+            body = n.attrs.body
+            members = [m.op for m in body.nodes if m.op != "constant"]
+            outs = ", ".join(str(r.type) for r in n.results)
+            lines.append(f"//   fused {n.attrs.kind:<11} {len(body.inputs)} in -> {outs}: {' > '.join(members)}")
+        elif n.op not in ("constant", "reshape", "squeeze", "unsqueeze", "transpose", "slice", "split", "broadcast_to"):
+            lines.append(f"//   {n.op:<17} -> {', '.join(str(r.type) for r in n.results)}")
+    return "\n".join(lines)
+
+
+def _show_compiled(graph: typing.Any, args: argparse.Namespace) -> int:
+    from .runtime.executable import compile_graph
+
+    exe = compile_graph(graph, args.target, args.pipeline)
+    if args.fusion:
+        sys.stdout.write(exe.graph.as_text())
+        print(_fusion_report(exe.graph))
+    if args.kernels:
+        src = exe.backend.source(exe.graph)
+        print(src if src else f"// target '{args.target}' generates no source (it interprets the IR)")
     return 0
 
 
@@ -167,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary", action="store_true", help="ops by type, parameters, FLOPs, bytes (always for .onnx)"
     )
     s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
+    s.add_argument("--target", default="numba-cpu", help="target for --fusion/--kernels (default numba-cpu)")
+    s.add_argument("-p", "--pipeline", default=None, help="pipeline for --fusion/--kernels (default: the target's)")
+    s.add_argument("--fusion", action="store_true", help="print the IR after the target's pipeline and its kernel groups")
+    s.add_argument("--kernels", action="store_true", help="print the generated kernel source")
     s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("passes", help="list passes and their options")

@@ -6,6 +6,14 @@ attention kernel and cache.py for the kernel cache.
 
 from __future__ import annotations
 
+import os
+
+# Numba's OpenMP workers busy-wait after each parallel region, and on a 2-core machine that steals
+# the cores from the BLAS call that follows (measured: a GPT-2 block 36 ms instead of 10.5 ms).
+# GOMP reads this once, when numba first starts its pool, so it is set here, before any kernel
+# runs; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
