@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,16 +164,23 @@ class Fuse(Pass):
         groups: list[Group] = []
 
         def depends_on(v: Value, g: Group) -> bool:
+            """Does ``v`` need ``g`` to run first? Groups run as one, so reaching any member of a
+            group means needing all of that group's inputs too."""
             stack, seen = [v], set()
             while stack:
                 x = stack.pop()
                 n = producer.get(x)
-                if n is None or n in seen or pos[n] < g.first:
+                if n is None or n in seen:
                     continue
-                if group_of.get(n) is g:
-                    return True
                 seen.add(n)
+                h = group_of.get(n)
+                if h is g:
+                    return True
+                if pos[n] < g.first and (h is None or max(pos[m] for m in h.nodes) < g.first):
+                    continue  # everything it needs comes before g started
                 stack.extend(n.operands)
+                if h is not None:
+                    stack.extend(w for m in h.nodes if m not in seen for w in m.operands)
             return False
 
         def external(n: Node, g: Group) -> list[Value]:
@@ -255,28 +263,29 @@ def _merge_siblings(
 ) -> list[Group]:
     """Put small, mutually independent groups of one iteration space into one launch.
 
-    Independence is exact: two groups merge only when neither has a node among the other's
-    transitive producers (ancestor sets as bit masks over node positions).
+    Independence is checked on the graph of groups (a group runs as one unit): two groups merge
+    only when neither reaches the other, through any path of nodes and other groups.
     """
-    pos = {n: i for i, n in enumerate(graph.nodes)}
-    producer = graph.producers()
-    anc: dict[Node, int] = {}
-    for n in graph.nodes:  # topological order: operands' ancestors are known
-        mask = 0
-        for v in n.operands:
-            p = producer.get(v)
-            if p is not None:
-                mask |= anc[p] | (1 << pos[p])
-        anc[n] = mask
+    users = graph.users()
 
-    def members(g: Group) -> int:
-        return sum(1 << pos[n] for n in g.nodes)
+    def unit(n: Node) -> Any:
+        return group_of.get(n, n)
 
-    def ancestors(g: Group) -> int:
-        m = 0
-        for n in g.nodes:
-            m |= anc[n]
-        return m & ~members(g)
+    def reaches(a: Group, b: Group) -> bool:
+        stack: list[Any] = [a]
+        seen = {id(a)}
+        while stack:
+            u = stack.pop()
+            for n in u.nodes if isinstance(u, Group) else [u]:
+                for r in n.results:
+                    for c in users.get(r, []):
+                        w = unit(c)
+                        if w is b:
+                            return True
+                        if id(w) not in seen:
+                            seen.add(id(w))
+                            stack.append(w)
+        return False
 
     merged: list[Group] = []
     for g in groups:
@@ -286,7 +295,7 @@ def _merge_siblings(
             for h in merged:
                 if h.has_matmul or h.space != g.space or len(h.nodes) + len(g.nodes) > 64:
                     continue
-                if members(h) & ancestors(g) or members(g) & ancestors(h):
+                if reaches(h, g) or reaches(g, h):
                     continue
                 host = h
                 break
@@ -318,17 +327,24 @@ def _rebuild(
     outputs = {v for _, v in graph.outputs}
     producer = graph.producers()
     replaced: dict[Node, Node] = {}
+    dead: set[Node] = set()
     mapping: dict[Value, Value] = {}
     for g in groups:
         if g.has_matmul and len(g.nodes) == 1:
             continue  # a bare matmul needs no kernel of its own
         fused, srcs = _fused_node(g, users, outputs, producer, const_data)
+        if not srcs:
+            for n in g.nodes:
+                dead.add(n)  # nothing reads the group: it disappears
+            continue
         mapping.update(zip(srcs, fused.results, strict=True))
         for n in g.nodes:
             replaced[n] = fused
     units: list[Node] = []
     seen: set[int] = set()
     for n in graph.nodes:
+        if n in dead:
+            continue
         u = replaced.get(n, n)
         if id(u) not in seen:
             seen.add(id(u))

@@ -80,7 +80,7 @@ class KernelCache:
         kernel recompiled from source, once."""
         try:
             return fn(*args)
-        except (EOFError, ValueError, TypeError, OSError, AttributeError, ImportError) as e:
+        except Exception as e:  # numba raises pickle, EOF, OS, ... errors for a damaged entry
             if not (self.root / "__pycache__").exists():
                 raise
             warnings.warn(f"kiln: kernel cache entry {name} unreadable ({type(e).__name__}); recompiling",

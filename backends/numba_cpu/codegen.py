@@ -172,9 +172,10 @@ class _Gen:
             text = f"({e[0]} * {self.fn('sigmoid', e[0])})"
         elif op == "gelu":
             if n.attrs.approximate == "tanh":  # type: ignore[attr-defined]
-                # 0.5 x (1 + tanh(u)) = x - x / (exp(2u) + 1), u = sqrt(2/pi) (x + 0.044715 x^3)
-                u = f"{_lit(1.5957691216057308, dt)} * ({e[0]} + {_lit(0.044715, dt)} * {e[0]} * {e[0]} * {e[0]})"
-                text = f"({e[0]} - {e[0]} / ({self.fn('exp', u)} + {one}))"
+                # 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3): the reference's form, so
+                # that +-inf give what it gives
+                u = f"{_lit(0.7978845608028654, dt)} * ({e[0]} + {_lit(0.044715, dt)} * {e[0]} * {e[0]} * {e[0]})"
+                text = f"({half} * {e[0]} * ({one} + {self.fn('tanh', u)}))"
             else:
                 text = f"({half} * {e[0]} * ({one} + {self.fn('erf', f'{e[0]} * {_lit(0.7071067811865476, dt)}')}))"
         elif op == "logical_not":

@@ -17,7 +17,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}  # not nnan/ninf: masks use -inf, guards NaN
+# Not nnan/ninf (masks use -inf, guards test NaN), and not arcp/afn: with them LLVM turns 1/sqrt(x)
+# into an estimate plus a Newton step, which gives NaN for 0 and inf.
+FASTMATH = {"nsz", "contract", "reassoc"}
 JIT: dict[str, Any] = {"fastmath": FASTMATH, "error_model": "numpy", "cache": True}
 
 
@@ -34,11 +36,13 @@ def as_f32(typingctx: Any, x: Any) -> Any:
 
 @njit(inline="always", **JIT)
 def fexp(v: Any) -> Any:
-    """exp(v) for float32; saturates to the smallest normal / largest finite value outside
-    [-87, 88], and exp(-inf) is 0."""
-    if v < np.float32(-87.0):
+    """exp(v) for float32: inf above 88.7228, 0 below -87.3365 (results that would be subnormal
+    flush to zero), NaN stays NaN; in between, Cody-Waite reduction, a degree-6 polynomial and 2^n from the exponent bits
+    (2^128 as 2^127 * 2, so that exp(88.5) stays finite)."""
+    if v > np.float32(88.72283):
+        return np.float32(np.inf)
+    if v < np.float32(-87.33654):
         return np.float32(0.0)
-    v = min(v, np.float32(88.0))
     n = np.floor(v * np.float32(1.4426950408889634) + np.float32(0.5))
     r = v - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
     p = np.float32(0.0013888889)
@@ -48,7 +52,12 @@ def fexp(v: Any) -> Any:
     p = np.float32(0.5) + r * p
     p = np.float32(1.0) + r * p
     p = np.float32(1.0) + r * p
-    return p * as_f32((np.int32(n) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
+    hi = min(n, np.float32(127.0))
+    scale = as_f32((np.int32(hi) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
+    # 2^128 = 2 * 2^127, doubled by an addition: a product of three factors could be
+    # reassociated (fastmath) into p * (2 * 2^127), which overflows.
+    p = p + p if n > np.float32(127.0) else p
+    return p * scale
 
 
 @njit(inline="always", **JIT)
