@@ -53,7 +53,7 @@ def fexp(v: Any) -> Any:
     p = np.float32(1.0) + r * p
     p = np.float32(1.0) + r * p
     hi = min(n, np.float32(127.0))
-    scale = as_f32((np.int32(hi) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
+    scale: Any = as_f32((np.int32(hi) + np.int32(127)) << np.int32(23))  # type: ignore[call-arg]
     # 2^128 = 2 * 2^127, doubled by an addition: a product of three factors could be
     # reassociated (fastmath) into p * (2 * 2^127), which overflows.
     p = p + p if n > np.float32(127.0) else p
