@@ -80,8 +80,19 @@ def _fusion_report(graph: typing.Any) -> str:
             body = n.attrs.body
             members = [m.op for m in body.nodes if m.op != "constant"]
             outs = ", ".join(str(r.type) for r in n.results)
-            lines.append(f"//   fused {n.attrs.kind:<11} {len(body.inputs)} in -> {outs}: {' > '.join(members)}")
-        elif n.op not in ("constant", "reshape", "squeeze", "unsqueeze", "transpose", "slice", "split", "broadcast_to"):
+            lines.append(
+                f"//   fused {n.attrs.kind:<11} {len(body.inputs)} in -> {outs}: {' > '.join(members)}"
+            )
+        elif n.op not in (
+            "constant",
+            "reshape",
+            "squeeze",
+            "unsqueeze",
+            "transpose",
+            "slice",
+            "split",
+            "broadcast_to",
+        ):
             lines.append(f"//   {n.op:<17} -> {', '.join(str(r.type) for r in n.results)}")
     return "\n".join(lines)
 
@@ -199,8 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
     s.add_argument("--target", default="numba-cpu", help="target for --fusion/--kernels (default numba-cpu)")
-    s.add_argument("-p", "--pipeline", default=None, help="pipeline for --fusion/--kernels (default: the target's)")
-    s.add_argument("--fusion", action="store_true", help="print the IR after the target's pipeline and its kernel groups")
+    s.add_argument(
+        "-p", "--pipeline", default=None, help="pipeline for --fusion/--kernels (default: the target's)"
+    )
+    s.add_argument(
+        "--fusion", action="store_true", help="print the IR after the target's pipeline and its kernel groups"
+    )
     s.add_argument("--kernels", action="store_true", help="print the generated kernel source")
     s.set_defaults(fn=cmd_show)
 
