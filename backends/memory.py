@@ -45,6 +45,7 @@ def plan_buffers(
         for v in [*defs, *uses]:
             last[root(v)] = i
     plan: MemoryPlan[K] = MemoryPlan()
+    kept = {root(v) for v in pinned}  # an output that is a view keeps the block it views
     free: list[int] = []
     for i, (defs, _uses) in enumerate(steps):
         for v in defs:
@@ -60,7 +61,7 @@ def plan_buffers(
                 plan.sizes.append(need)
             plan.block_of[v] = b
         for v, end in list(last.items()):
-            if end == i and v in plan.block_of and v not in pinned:
+            if end == i and v in plan.block_of and v not in kept:
                 free.append(plan.block_of[v])
                 del last[v]
     return plan

@@ -202,6 +202,10 @@ class Fuse(Pass):
                 return False
             if not g.has_matmul and n.op in ELEMENTWISE and not self.elementwise and not alone:
                 return False
+            if out == ["col"] and any(
+                access(v.tensor_type, g.space) not in ("col", "scalar") for v in external(n, g)
+            ):
+                return False  # a per-row value can only combine with per-row or scalar operands
             for v in external(n, g):
                 if v in const_data or producer.get(v) is None:
                     if access(v.tensor_type, g.space) is None:
@@ -370,11 +374,11 @@ def _fused_node(
     vmap: dict[Value, Value] = {}
     operands: list[Value] = []
 
-    def inner(v: Value) -> Value:
+    def inner(v: Value, bake: bool = True) -> Value:
         if v in vmap:
             return vmap[v]
         data = const_data.get(v)
-        if data is not None and data.size == 1:  # scalars are baked into the kernel
+        if bake and data is not None and data.size == 1:  # scalars are baked into the kernel
             ref = producer[v].attrs.ref  # type: ignore[attr-defined]
             nv = Value(v.type, ref)
             body.constants[ref] = data
@@ -387,7 +391,7 @@ def _fused_node(
         return nv
 
     for n in g.nodes:
-        ops = [inner(v) for v in n.operands]
+        ops = [inner(v, bake=n.op != "matmul") for v in n.operands]  # BLAS needs arrays
         res = [Value(r.type, r.name) for r in n.results]
         vmap.update(zip(n.results, res, strict=True))
         body.nodes.append(Node(n.op, ops, n.attrs, res, n.loc))

@@ -20,6 +20,7 @@ from typing import Any
 
 import llvmlite
 import numba
+from numba.core.errors import NumbaError
 
 from ...ir.errors import BackendError
 
@@ -80,6 +81,8 @@ class KernelCache:
         kernel recompiled from source, once."""
         try:
             return fn(*args)
+        except NumbaError as e:  # a typing or lowering failure: the kernel, not the cache
+            raise BackendError(f"kernel {name} failed to compile: {str(e).splitlines()[0]}") from None
         except Exception as e:  # numba raises pickle, EOF, OS, ... errors for a damaged entry
             if not (self.root / "__pycache__").exists():
                 raise

@@ -51,6 +51,7 @@ class _Prog:
     # (stage, kind, target, text): kind "full" (in loop), "acc" (accumulate), "col" (between loops)
     ins: list[tuple[int, str, str, str]] = field(default_factory=list)
     accs: list[tuple[int, str, str, str]] = field(default_factory=list)  # (stage, name, op, dtype)
+    dtypes: dict[str, str] = field(default_factory=dict)  # full value -> its NumPy dtype name
     n: int = 0
 
     def tmp(self, prefix: str = "t") -> str:
@@ -90,13 +91,16 @@ class _Gen:
         self.space = first.results[0].tensor_type.shape
         self.R, self.C = rows_cols(self.space)
         self.matmul = first.op == "matmul"
-        dt = _dt(first.results[0])
+        # The group's float type (a group may start with a comparison that yields bools).
+        floats = [_dt(r) for n in body.nodes for r in n.results if _dt(r) in ("float32", "float64")]
+        dt = floats[0] if floats else _dt(first.results[0])
         self.p = _Prog(dt)
         self.f32 = dt == "float32"
 
     # -- values -------------------------------------------------------------------------------
     def full_val(self, name: str, expr: str, stage: int, dtype: str) -> _Val:
         self.p.ins.append((stage, "full", name, expr))
+        self.p.dtypes[name] = dtype
         return _Val("full", name, stage, dtype)
 
     def col_val(self, name: str, expr: str, stage: int, dtype: str) -> _Val:
@@ -319,7 +323,7 @@ class _Gen:
         lines.append(f"    invC = np.{p.dtype}(1.0) / np.{p.dtype}(C)")
         lines.append("    for i in prange(R):")
         for t in sorted(later):
-            lines.append(f"        sc_{t} = np.empty(C, np.{p.dtype})")
+            lines.append(f"        sc_{t} = np.empty(C, np.{p.dtypes.get(t, p.dtype)})")
 
         def resolve(text: str, stage: int) -> str:
             for t2, s2 in defined.items():

@@ -543,6 +543,43 @@ def test_f16_group(cache: Path) -> None:
         np.testing.assert_array_equal(got[k], want[k])
 
 
+@pytest.mark.parametrize("tail", ["softmax", "reduce_mean", "layer_norm"])
+def test_group_starting_with_a_comparison(tail: str, cache: Path) -> None:
+    """relu written as where(x > 0, x, 0), then a row op: one group whose first op is bool."""
+    b = GraphBuilder("cmp_first")
+    x = b.input("x", TensorType(f32, (4, 8)))
+    zero = b.constant(np.float32(0.0), "zero")
+    r = b.op("where", b.op("gt", x, zero), x, zero)
+    if tail == "layer_norm":
+        y = b.op("layer_norm", r, b.constant(np.ones(8, np.float32), "w"), b.constant(np.zeros(8, np.float32), "b"),
+                 axis=1)  # fmt: skip
+    elif tail == "reduce_mean":
+        y = b.op("reduce_mean", r, axes=(1,), keepdims=True)
+    else:
+        y = b.op("softmax", r, axis=1)
+    b.output("y", y)
+    graph = b.build()
+    exe = compile_and_check(graph, {"x": np.linspace(-2, 2, 32, dtype=np.float32).reshape(4, 8)}, cache)
+    assert exe.graph.op_counts().get("fused") == 1
+
+
+def test_per_row_output_with_a_broadcast_per_row_operand(cache: Path) -> None:
+    b = GraphBuilder("col_bcast")
+    x = b.input("x", TensorType(f32, (2, 3, 8)))
+    y = b.input("y", TensorType(f32, (3, 1)))
+    r = b.op("reduce_sum", b.op("exp", x), axes=(2,), keepdims=True)
+    b.output("z", b.op("sub", r, y))
+    inputs = {"x": uniform((2, 3, 8)), "y": uniform((3, 1), seed=1)}
+    compile_and_check(b.build(), inputs, cache)
+
+
+def test_matmul_group_with_a_size1_constant_weight(cache: Path) -> None:
+    b = GraphBuilder("k1")
+    x = b.input("x", TensorType(f32, (4, 1)))
+    b.output("y", b.op("tanh", b.op("matmul", x, b.constant(np.full((1, 1), 2.0, np.float32), "w"))))
+    compile_and_check(b.build(), {"x": uniform((4, 1))}, cache)
+
+
 # --------------------------------------------------------------------------------------------
 # The attention kernel
 # --------------------------------------------------------------------------------------------
@@ -678,6 +715,22 @@ def test_outputs_are_not_overwritten_by_the_next_call(transformer: ModuleType, c
     exe2.run({"x": uniform((4, 8), seed=5)})
     for k in first:
         np.testing.assert_array_equal(first[k], snapshot[k])
+
+
+@pytest.mark.parametrize("view", ["transpose", "split"])
+def test_view_output_is_not_overwritten(view: str, cache: Path) -> None:
+    b = GraphBuilder("view_out")
+    x = b.input("x", TensorType(f32, (4, 4)))
+    m = b.op("matmul", x, b.constant(np.eye(4, dtype=np.float32) * 2, "w"))
+    if view == "transpose":
+        b.output("t", b.op("transpose", m, perm=(1, 0)))
+    else:
+        p, q = b.op_values("split", m, axis=1, sizes=(2, 2))
+        b.output("p", p)
+        b.output("q", q)
+    b.output("y", b.op("neg", x))  # a later kernel of the same size
+    xv = np.arange(16, dtype=np.float32).reshape(4, 4)
+    compile_and_check(b.build(), {"x": xv}, cache, pipeline="")
 
 
 def test_layers_share_kernel_modules(transformer: ModuleType, tmp_path: Path) -> None:

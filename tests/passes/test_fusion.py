@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "models"
 NUMBA_PIPELINE = get_target("numba-cpu").pipeline
 
-RTOL = 1e-5
-ATOL = 1e-5
+RTOL = 1e-4  # concatenated weights (fuse-horizontal) change BLAS summation order
+ATOL = 1e-4
 LIMIT = 50.0  # bound on |x| of every generated value
 MIN_POS = 0.3  # lower bound of every generated denominator, log / sqrt / rsqrt / pow base
 
