@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .core import Attrs, NoAttrs
 from .errors import UnknownOpError
 from .types import Type
@@ -34,6 +32,8 @@ class OpDef:
     - ``composite``: the op is defined by (and may be expanded to) primitive ops; backends may
       lower it directly (a fused softmax) or expand it.
     - ``effects``: the op has side effects (never CSE'd, folded or dropped as dead).
+    - ``elementwise``: each result element depends only on the same (broadcast) element of each
+      operand; fusion and code generators read this instead of keeping their own op lists.
     """
 
     name: str
@@ -45,6 +45,7 @@ class OpDef:
     composite: bool = False
     effects: bool = False
     commutative: bool = False
+    elementwise: bool = False
     doc: str = ""
 
     def check_arity(self, n: int) -> str | None:
@@ -106,7 +107,3 @@ def default_context() -> Context:
         ctx.register(core_ops())
         _default = ctx
     return _default
-
-
-def as_array(x: Any) -> np.ndarray:
-    return np.asarray(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,15 +14,16 @@ from ..ir.registry import Context
 
 
 @dataclass(frozen=True)
-class Pass:
+class Pass(abc.ABC):
     """A graph-to-graph transformation. Subclasses are frozen dataclasses whose fields are the
     pass's typed options (they become pipeline options: ``name{field=value}``)."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def run(self, graph: Graph, ctx: Context) -> Graph:
-        raise NotImplementedError
+        """Transform ``graph`` (the manager hands over a copy it may mutate) and return it."""
 
     @classmethod
     def options(cls) -> list[dataclasses.Field[Any]]:

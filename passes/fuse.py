@@ -33,47 +33,12 @@ from ..ir.targets import get_target
 from ..ir.types import Shape, TensorType
 from .base import Pass
 
-ELEMENTWISE = frozenset(
-    [
-        "neg",
-        "abs",
-        "exp",
-        "log",
-        "sqrt",
-        "rsqrt",
-        "reciprocal",
-        "tanh",
-        "erf",
-        "sin",
-        "cos",
-        "floor",
-        "ceil",
-        "sigmoid",
-        "relu",
-        "silu",
-        "gelu",
-        "isnan",
-        "logical_not",
-        "add",
-        "sub",
-        "mul",
-        "div",
-        "pow",
-        "maximum",
-        "minimum",
-        "logical_and",
-        "logical_or",
-        "logical_xor",
-        "eq",
-        "ne",
-        "lt",
-        "le",
-        "gt",
-        "ge",
-        "where",
-        "cast",
-    ]
-)
+
+def elementwise_ops(ctx: Context) -> frozenset[str]:
+    """The ops the registry marks elementwise (``OpDef.elementwise``)."""
+    return frozenset(name for name, d in ctx.ops.items() if d.elementwise)
+
+
 ROW_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm"})
 ROW_REDUCE = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min"})
 
@@ -153,6 +118,7 @@ class Fuse(Pass):
 
     def run(self, graph: Graph, ctx: Context) -> Graph:
         tgt = get_target(self.target)
+        ELEMENTWISE = elementwise_ops(ctx)  # noqa: N806 - a constant for this run
         pos = {n: i for i, n in enumerate(graph.nodes)}
         producer = graph.producers()
         const_data = {

@@ -21,7 +21,7 @@ from typing import Any
 from ...ir.core import Graph
 from ...ir.registry import Context, default_context
 from ...ir.targets import get_target
-from ...passes.fuse import ELEMENTWISE, Fuse, is_row_op
+from ...passes.fuse import Fuse, elementwise_ops, is_row_op
 from ..base import CompiledFn
 from .cache import KernelCache
 from .executor import Executor
@@ -35,8 +35,6 @@ class NumbaCpuBackend:
     def __init__(
         self, ctx: Context | None = None, cache_dir: Path | None = None, fallback: bool = False
     ) -> None:
-        from ...runtime.options import default_cache_dir  # noqa: F401 - documented default only
-
         self.ctx = ctx or default_context()
         self.target = get_target("numba-cpu")
         self.cache = KernelCache(cache_dir or Path.home() / ".cache" / "kiln")
@@ -45,7 +43,8 @@ class NumbaCpuBackend:
 
     def legalize(self, graph: Graph) -> Graph:
         """Ops fusion left bare (a pipeline without ``fuse``) become one-op kernel groups."""
-        if any(n.op in ELEMENTWISE or is_row_op(n) for n in graph.nodes):
+        ew = elementwise_ops(self.ctx)
+        if any(n.op in ew or is_row_op(n) for n in graph.nodes):
             graph = Fuse(elementwise=False, epilogue=False, rows=False).run(graph.copy(), self.ctx)
         return graph
 

@@ -315,11 +315,9 @@ class _Gen:
         lines = [f"def {name}({', '.join(params + [o for o, _ in outs])}):"]
         full_args = [p for p, a in zip(params, self.in_access_live, strict=True) if a in ("full", "bcast")]
         full_args += [o for o, v in outs if v.kind in ("full", "in_full")]
-        if full_args:
-            lines.append(f"    R, C = {full_args[0]}.shape")
-        else:
-            lines.append(f"    R, C = {next(o for o, _ in outs)}.shape[0], ncols")
-            params.append("ncols")
+        if not full_args:  # nothing row-wide to read the width from: NumPy runs such a group
+            raise BackendError("the fused group has no full-width operand or result")
+        lines.append(f"    R, C = {full_args[0]}.shape")
         lines.append(f"    invC = np.{p.dtype}(1.0) / np.{p.dtype}(C)")
         lines.append("    for i in prange(R):")
         for t in sorted(later):

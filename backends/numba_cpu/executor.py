@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from ...ir.core import Graph, Node, Value
+from ...ir.dtypes import DType
 from ...ir.errors import BackendError, KilnError
 from ...ir.interpret import run_node
 from ...ir.registry import Context
 from ...ir.signature import bind_inputs
 from ...ir.targets import Target
-from ...passes.fuse import ELEMENTWISE, kernel_counts
+from ...ir.types import TensorType
+from ...passes.fuse import elementwise_ops, kernel_counts
 from ..memory import plan_buffers
 from .attention import attention_source
 from .cache import KernelCache
@@ -78,7 +80,9 @@ class Executor:
         self.target = target
         self.cache = cache
         self.fallback = fallback
+        self.elementwise = elementwise_ops(ctx)
         self.sources: list[str] = []
+        self._mm_values: dict[Node, Value] = {}
         self.slot: dict[Value, int] = {}
         for v in graph.inputs:
             self.slot_of(v)
@@ -93,8 +97,7 @@ class Executor:
         self.out_slots = [(name, self.slot[v]) for name, v in graph.outputs]
         ops, kernels = kernel_counts(graph)
         self.stats: dict[str, Any] = {"kernels": kernels, "ops": ops, "peak_bytes": self.peak_bytes}
-        if all(isinstance(v.type.__class__, type) and hasattr(v.type, "dtype") for v in graph.inputs):
-            self.warm_up()
+        self.warm_up()
         self.stats["compile_s"] = time.perf_counter() - t0
 
     # -- planning -----------------------------------------------------------------------------
@@ -106,7 +109,7 @@ class Executor:
     def lowered(self, n: Node) -> bool:
         if n.op in ("fused", "attention", "constant", "matmul", "concat", "gather"):
             return True
-        return n.op in VIEWS or n.op in NUMPY_OPS or n.op in ELEMENTWISE
+        return n.op in VIEWS or n.op in NUMPY_OPS or n.op in self.elementwise
 
     def numpy_step(self, n: Node, ins: list[int], outs: list[int]) -> Step:
         """Run ``n`` with its reference (NumPy) semantics: the lowering of the rare ops."""
@@ -154,11 +157,9 @@ class Executor:
     def _mm_value(self, n: Node) -> Value:
         mm = self._leading_matmul(n)
         assert mm is not None
-        if not hasattr(self, "_mm_cache"):
-            self._mm_cache: dict[Node, Value] = {}
-        if n not in self._mm_cache:
-            self._mm_cache[n] = Value(mm.results[0].type, "mm")
-        return self._mm_cache[n]
+        if n not in self._mm_values:
+            self._mm_values[n] = Value(mm.results[0].type, "mm")
+        return self._mm_values[n]
 
     # -- lowering -------------------------------------------------------------------------------
     def lower(self, n: Node) -> Step:
@@ -207,7 +208,7 @@ class Executor:
                     raise KilnError(f"{desc}: {e}") from None
 
             return gather
-        if op in NUMPY_OPS or op in ELEMENTWISE:
+        if op in NUMPY_OPS or op in self.elementwise:
             return self.numpy_step(n, ins, outs)
         if self.fallback:
             warnings.warn(f"numba-cpu: {n.describe()} has no lowering; it runs with the reference "
@@ -278,7 +279,6 @@ class Executor:
             spec = generate(body, "__KERNEL__")
         except BackendError:
             # Integer, f16 or bf16 groups: no generated kernel; NumPy runs the body op by op.
-            self.stats_numpy_groups = getattr(self, "stats_numpy_groups", 0) + 1
             return self.numpy_step(n, ins, outs)
         name, par, ser = self.kernel(spec.source)
         fn = par if spec.rows > 1 and spec.rows * spec.cols >= self.target.parallel_min_elements else ser
@@ -361,12 +361,11 @@ class Executor:
 
     def warm_up(self) -> None:
         """Run once on zeros so that every kernel is compiled (or loaded from cache) now."""
-        try:
-            zeros = {str(v.name): np.zeros(v.tensor_type.static_shape, v.tensor_type.scalar_dtype.np_dtype)
-                     for v in self.graph.inputs}  # fmt: skip
-        except KilnError:
+        types = [v.type for v in self.graph.inputs]
+        if not all(isinstance(t, TensorType) and t.is_static and isinstance(t.dtype, DType) for t in types):
             return  # symbolic or host inputs: kernels compile on the first call
-        self.run(zeros)
+        self.run({str(v.name): np.zeros(t.static_shape, t.scalar_dtype.np_dtype)  # type: ignore[union-attr]
+                  for v, t in zip(self.graph.inputs, types, strict=True)})  # fmt: skip
 
 
 def _bytes(v: Value) -> int:

@@ -60,7 +60,7 @@ def unary(
     def ref(a: Attrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
         return [fn(args[0])]
 
-    return OpDef(name, ("x",), infer, ref, attrs=attrs, composite=composite, doc=doc)
+    return OpDef(name, ("x",), infer, ref, attrs=attrs, composite=composite, elementwise=True, doc=doc)
 
 
 def binary(
@@ -80,7 +80,7 @@ def binary(
     def ref(a: Attrs, args: Sequence[np.ndarray], out: Sequence[Type]) -> list[np.ndarray]:
         return [fn(args[0], args[1])]
 
-    return OpDef(name, ("lhs", "rhs"), infer, ref, commutative=commutative, doc=doc)
+    return OpDef(name, ("lhs", "rhs"), infer, ref, commutative=commutative, elementwise=True, doc=doc)
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,7 @@ def elementwise_ops() -> list[OpDef]:
             _gelu_ref,
             attrs=GeluAttrs,
             composite=True,
+            elementwise=True,
             doc="x * Phi(x) (composite): exact with erf, or the tanh approximation",
         ),
         binary("add", np.add, "lhs + rhs", commutative=True),
@@ -217,6 +218,7 @@ def elementwise_ops() -> list[OpDef]:
             ("cond", "then", "else"),
             _where_infer,
             lambda a, args, out: [np.where(args[0], args[1], args[2])],
+            elementwise=True,
             doc="cond ? then : else, broadcasting all three",
         ),
         OpDef(
@@ -225,6 +227,7 @@ def elementwise_ops() -> list[OpDef]:
             _cast_infer,
             _cast_ref,
             attrs=CastAttrs,
+            elementwise=True,
             doc="convert to dtype: float->int truncates toward zero and wraps; x->bool is x != 0",
         ),
     ]

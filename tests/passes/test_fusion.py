@@ -32,11 +32,13 @@ from kiln.ir.builder import GraphBuilder
 from kiln.ir.core import Graph, Node, Value
 from kiln.ir.dtypes import f32
 from kiln.ir.interpret import interpret
+from kiln.ir.registry import default_context
 from kiln.ir.targets import get_target
 from kiln.ir.types import TensorType
-from kiln.passes.fuse import ELEMENTWISE, ROW_OPS, ROW_REDUCE, kernel_counts
+from kiln.passes.fuse import ROW_OPS, ROW_REDUCE, elementwise_ops, kernel_counts
 from kiln.passes.manager import PassManager
 
+ELEMENTWISE = elementwise_ops(default_context())
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "models"
 NUMBA_PIPELINE = get_target("numba-cpu").pipeline
