@@ -8,8 +8,6 @@ inputs to it and its results back.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from kiln_testing.examples import load_example
 
 from kiln.frontends import onnx_export
 from kiln.frontends.onnx_export import NOT_EXPRESSIBLE, TABLE, OnnxExportError, Rule, to_onnx
@@ -574,15 +573,6 @@ def test_save_inline(tmp_path: Path) -> None:
     to_onnx(g, str(path))
     assert not (tmp_path / "inline.onnx.data").exists()
     np.testing.assert_allclose(run_ort(str(path), feeds)["y"], interpret(g, feeds)["y"], **TOL["f32"])
-
-
-def load_example(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_gpt_block_matches_reference() -> None:

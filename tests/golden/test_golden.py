@@ -7,8 +7,6 @@ outputs saved with the ONNX fixtures, or a hand-written NumPy model), and every 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kiln_testing.examples import load_example as _example_module
 
 import kiln
 from kiln.frontends.onnx import from_onnx
@@ -60,15 +59,6 @@ def _onnx_fixture(name: str) -> Golden:
         return from_onnx(FIXTURES / f"{name}.onnx"), inputs, truth
 
     return Golden(f"onnx-{name}", load)
-
-
-def _example_module(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"golden_example_{name}", ROOT / "examples" / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _gpt_block() -> tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray] | None]:

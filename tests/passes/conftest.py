@@ -6,7 +6,8 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from kiln_testing.fusion_graphs import NUMBA_PIPELINE, load_example, run_pipeline
+from kiln_testing.examples import load_example
+from kiln_testing.fusion_graphs import NUMBA_PIPELINE, run_pipeline
 
 from kiln.ir.core import Graph
 

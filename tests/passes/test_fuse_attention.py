@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kiln_testing.examples import load_example
 from kiln_testing.fusion_graphs import (
     FIXTURES,
     assert_same_results,
-    load_example,
     random_inputs,
     run_pipeline,
 )
