@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,3 @@ class CompileOptions:
     verify_each: bool = False
     cache_dir: str | None = None  # kernel cache (None: default_cache_dir())
     fallback: bool = False  # run ops a target cannot lower with the reference semantics
-
-    def key(self) -> str:
-        """A stable hash for caches."""
-        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
