@@ -1,4 +1,4 @@
-"""The ``kiln`` command: show, opt, run, passes, ops, targets.
+"""The ``kiln`` command: show, opt, run, quantize, passes, ops, targets.
 
 Errors print one line (``kiln: error: ...``) and exit 1; ``--debug`` shows the traceback.
 """
@@ -193,6 +193,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .ir.registry import default_context
+    from .passes.manager import PassManager
+    from .passes.quantize import quantize_model
+    from .passes.quantize_report import compare_models, format_report, synthetic_inputs
+
+    ctx = default_context()
+    graph = _load(args.file, args.weights, args.dim)
+    graph.verify(ctx)
+    bind = " ".join(args.dim or ()) if not args.file.endswith(".onnx") else ""
+    prep = (f'infer-shapes{{bind="{bind}"}},' if bind else "") + "canonicalize,constant-fold,cse,dce"
+    graph = PassManager.parse(prep, ctx=ctx).run(graph)  # binds .kir dims; folds transposed weights
+    options = {
+        "bits": args.bits, "group": args.group, "scheme": args.scheme, "act": args.act, "skip": args.skip or "",
+        "embeddings": args.embeddings, "calibration": args.calibration or "", "scale_dtype": args.scale_dtype,
+    }  # fmt: skip
+    from .ir.dtypes import Scheme
+    from .ir.ops.quant import Act
+
+    try:
+        options["scheme"], options["act"] = Scheme(args.scheme), Act(args.act)
+    except ValueError as e:
+        raise KilnError(f"kiln quantize: {e}") from None
+    qgraph, layers = quantize_model(graph, ctx, **options)
+    if args.layout != "packed":
+        qgraph = PassManager.parse(f"bitslice{{layout={args.layout}}}", ctx=ctx).run(qgraph)
+    if args.report:
+        inputs = _read_npz(args.inputs) if args.inputs else synthetic_inputs(graph)
+        print(format_report(layers, compare_models(graph, qgraph, inputs, ctx)), end="")
+    if args.output:
+        if args.output.endswith(".onnx"):
+            from .frontends.onnx_export import to_onnx
+
+            to_onnx(qgraph, args.output)
+        else:
+            from .ir.io import save
+
+            save(qgraph, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif not args.report:
+        sys.stdout.write(qgraph.as_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kiln",
@@ -208,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--summary", action="store_true", help="ops by type, parameters, FLOPs, bytes (always for .onnx)"
     )
-    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim")
     s.add_argument("--target", default="numba-cpu", help="target for --fusion/--kernels (default numba-cpu)")
     s.add_argument(
         "-p", "--pipeline", default=None, help="pipeline for --fusion/--kernels (default: the target's)"
@@ -235,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-ir-after", action="append", metavar="PASS", help="print IR after PASS")
     s.add_argument("--print-ir-after-all", action="store_true")
     s.add_argument("--timing", action="store_true", help="print per-pass times")
-    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim")
     s.set_defaults(fn=cmd_opt)
 
     s = sub.add_parser("run", help="run an IR file or ONNX model on inputs from a .npz")
@@ -245,8 +289,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--pipeline", default=None, help="pass pipeline (default cleanup)")
     s.add_argument("-o", "--output", help="write outputs to this .npz")
     s.add_argument("--weights")
-    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic ONNX dim")
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("quantize", help="quantize a model's weights (1..8 bits); --report measures the error")
+    s.add_argument("file", help="a .kir file or an .onnx model")
+    s.add_argument("--bits", default="4", help="1..8, auto{budget=BITS} or auto{snr=DB} (default 4)")
+    s.add_argument("--group", type=int, default=128, help="weights per scale along K; 0 = per channel")
+    s.add_argument("--scheme", default="sym", help="sym, asym or bipolar")
+    s.add_argument("--act", default="f32", help="f32, or int8 (dynamic per-row activation quantization)")
+    s.add_argument("--scale-dtype", default="f16", help="f16, bf16 or f32")
+    s.add_argument("--layout", default="packed", help="packed, bitsliced, or auto (from the target's costs)")
+    s.add_argument("--skip", help="comma-separated glob patterns of weight names to leave in float")
+    s.add_argument("--embeddings", action="store_true", help="also quantize gathered embedding tables")
+    s.add_argument("--calibration", help=".npz of model inputs whose activations measure each layer")
+    s.add_argument("--inputs", help=".npz of model inputs for --report (default: synthetic)")
+    s.add_argument("--report", action="store_true", help="print per-layer and whole-model error")
+    s.add_argument("-o", "--output", help="write the quantized model (.kir, or .onnx with MatMulNBits)")
+    s.add_argument("--weights")
+    s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim")
+    s.set_defaults(fn=cmd_quantize)
     return p
 
 

@@ -171,6 +171,36 @@ def make_body(cfg: Config, layers: Sequence[Weights], **jit_options: Any) -> kil
     return jitted
 
 
+def make_decode_body(cfg: Config, layers: Sequence[Weights], **jit_options: Any) -> kiln.Jitted:
+    """One token through ``L = len(layers)`` blocks with per-layer KV caches:
+    ``(x [1, d], past_k [L, H, T, hd], past_v [L, H, T, hd]) -> (y [1, d], new_k, new_v [L, H, T+1, hd])``."""
+    layers = list(layers)
+    n = len(layers)
+
+    def decode_body(x: Any, past_k: Any, past_v: Any) -> tuple[Any, Any, Any]:
+        t = past_k.shape[2]
+        shape = (cfg.n_heads, t, cfg.head_dim)
+        ks = (
+            [ops.reshape(k, shape) for k in ops.split(past_k, n, axis=0)]
+            if n > 1
+            else [ops.reshape(past_k, shape)]
+        )
+        vs = (
+            [ops.reshape(v, shape) for v in ops.split(past_v, n, axis=0)]
+            if n > 1
+            else [ops.reshape(past_v, shape)]
+        )
+        new_ks, new_vs = [], []
+        for p, k, v in zip(layers, ks, vs, strict=True):
+            x, nk, nv = _decode(x, k, v, p, cfg)
+            new_ks.append(ops.expand_dims(nk, 0))
+            new_vs.append(ops.expand_dims(nv, 0))
+        return x, ops.concatenate(new_ks, axis=0), ops.concatenate(new_vs, axis=0)
+
+    jitted: kiln.Jitted = kiln.jit(decode_body, **jit_options)
+    return jitted
+
+
 # ----------------------------------------------------------------------------------------------
 # NumPy (float32 throughout: only Python floats and float32 arrays meet)
 
@@ -220,6 +250,18 @@ def numpy_decode_step(
     attn = _np_softmax(scores) @ new_v
     x = x + attn.reshape(1, cfg.d_model) @ p["w_o"] + p["b_o"]
     return _np_mlp(x, p, cfg), new_k, new_v
+
+
+def numpy_decode_body(
+    cfg: Config, layers: Sequence[Weights], x: np.ndarray, past_k: np.ndarray, past_v: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``len(layers)`` decode steps in plain NumPy float32: ``(y, new_k, new_v)`` with caches stacked."""
+    new_k, new_v = [], []
+    for i, p in enumerate(layers):
+        x, k, v = numpy_decode_step(cfg, p, x, past_k[i], past_v[i])
+        new_k.append(k)
+        new_v.append(v)
+    return x, np.stack(new_k), np.stack(new_v)
 
 
 def numpy_body(cfg: Config, layers: Sequence[Weights], x: np.ndarray) -> np.ndarray:

@@ -163,10 +163,18 @@ class Importer:
                     ys = run_node(g, node, list(datas), {}, self.ctx)
                 except KilnError as e:
                     raise OnnxImportError(f"{self.node_desc}: {e}") from None
-                return [
-                    self.constant(np.asarray(y), hint=r.name or "fold")
+                sized = [
+                    (v, d.size) for v, d in zip(operands, datas, strict=True) if d is not None and d.size > 1
+                ]
+                src = max(sized, key=lambda vd: vd[1])[0].name if sized else None
+                hint = f"{src}_{op}" if src else "fold"  # a folded weight keeps its source's name
+                vals = [
+                    self.constant(np.asarray(y), hint=r.name or hint)
                     for y, r in zip(ys, results, strict=True)
                 ]
+                for v, r in zip(vals, results, strict=True):
+                    v.name = r.name  # the value takes the ONNX output's name (set by the caller)
+                return vals
         return results
 
 

@@ -22,6 +22,8 @@ given and returns it. One entry of :data:`TABLE` lowers each kiln op:
   topk -> TopK (sorted); triu/tril -> Trilu; constant -> an initializer. Symbolic dims in shapes are
   read at run time with Shape from the graph input that has them; inputs and outputs keep their
   names, and symbolic dims become ``dim_param``.
+- qmatmul -> com.microsoft MatMulNBits where onnxruntime runs its form, else MatMul with the
+  dequantized weight; qgather -> Gather from the dequantized table (:mod:`.onnx_export_quant`).
 
 Dtypes: kiln computes f16/bf16 in f32 and rounds once per op, so arithmetic on them is exported as
 Cast to f32, the op, Cast back; 8/16-bit integers compute in i32, u32 in i64, and integer sums and
@@ -29,9 +31,10 @@ products in i64 (exact, since kiln's integers wrap; onnxruntime lacks many narro
 kernels, and its integer ReduceSum/ReduceProd saturate). Data movement keeps its dtype.
 
 Refused with :class:`OnnxExportError`, which lists every offender before anything is written:
-integer widths other than 8/16/32/64 (``i4``, ``u3``), quantized types, host values (str, bytes,
-json, tokens, handles), ops outside :data:`TABLE` (see :data:`NOT_EXPRESSIBLE`), constants without
-data, and clashing input/output names.
+integer widths other than 8/16/32/64 (``i4``, ``u3``), quantized values other than the constant
+weights (and scales, zero points) of qmatmul/qgather, host values (str, bytes, json, tokens,
+handles), ops outside :data:`TABLE` (see :data:`NOT_EXPRESSIBLE`), constants without data, and
+clashing input/output names.
 
 Known differences from kiln: float -> int casts of NaN, inf or out-of-range values (kiln: 0 and a
 two's-complement wrap; ONNX: undefined); integer pow that overflows (onnxruntime goes through
@@ -63,6 +66,7 @@ from ..ir.ops.shape import slice_length
 from ..ir.registry import default_context
 from ..ir.types import HostType, Shape, TensorType, Type
 from ..passes.unfuse import Unfuse, has_fused
+from .onnx_export_quant import QUANT_RULES, quant_constants, weight_data, weight_problems
 
 __all__ = ["NOT_EXPRESSIBLE", "ONNX_TYPES", "TABLE", "OnnxExportError", "Rule", "to_onnx"]
 
@@ -137,6 +141,8 @@ class _Emitter:
         self.dims: dict[str, str] = {}
         self.hint = "t"
         self.where = ""
+        self.data: dict[Value, np.ndarray] = {}  # constants that qmatmul/qgather read as weights
+        self.ms_domain = False  # whether a com.microsoft op was emitted
 
     def fresh(self, hint: str) -> str:
         name, i = hint, 0
@@ -451,6 +457,7 @@ TABLE: dict[str, Rule] = {
     "topk": Rule(_topk, _numeric),
     "triu": Rule(_trilu(1)),
     "tril": Rule(_trilu(0)),
+    **{k: Rule(*v) for k, v in QUANT_RULES.items()},  # qmatmul, qgather
 }
 
 
@@ -468,6 +475,7 @@ def _type_problem(t: Type) -> str | None:
 def _problems(graph: Graph) -> list[str]:
     """Everything that keeps ``graph`` from becoming ONNX, one line per input, output or node."""
     out: list[str] = []
+    weights, weight_reasons = quant_constants(graph), weight_problems(graph)
     names = graph.input_names
     for kind, used in (("input", names), ("output", graph.output_names)):
         out += [
@@ -481,7 +489,8 @@ def _problems(graph: Graph) -> list[str]:
         if name in inputs and inputs[name] is not v:
             out.append(f"graph output '{name}' has the name of a different graph input")
     for node in graph.nodes:
-        reasons = [why for r in node.results if (why := _type_problem(r.type))]
+        reasons = [why for r in node.results if (why := _type_problem(r.type)) and r not in weights]
+        reasons += weight_reasons.get(node, [])
         if node.op == "constant" and node.attrs.ref not in graph.constants:  # type: ignore[attr-defined]
             reasons.append("its data is not loaded (load the graph with its weights)")
         if node.op != "constant" and node.op not in TABLE:
@@ -514,12 +523,16 @@ def _build(graph: Graph, opset: int) -> onnx.ModelProto:
     for name, v in graph.outputs:
         wanted.setdefault(v, name)
     by_ref: dict[str, str] = {}
+    weights, e.data = quant_constants(graph), weight_data(graph)
 
     for index, node in enumerate(graph.nodes):
         first = node.results[0].name if node.results and node.results[0].name else f"{node.op}{index}"
         e.hint, e.where = first, node.describe()
         if node.op == "constant":
             a: Any = node.attrs
+            if node.result in weights:  # written by the qmatmul/qgather rule in its own form
+                tensor[node.result] = ""
+                continue
             if a.ref not in by_ref:
                 t = node.result.tensor_type
                 arr = np.asarray(graph.constants[a.ref]).astype(t.scalar_dtype.np_dtype, copy=False)
@@ -531,7 +544,8 @@ def _build(graph: Graph, opset: int) -> onnx.ModelProto:
             tensor[v] if i in rule.fixed else e.cast(tensor[v], _dtype(v), rule.widen(_dtype(v)))
             for i, v in enumerate(node.operands)
         ]
-        ref_dt = _dtype(node.operands[0]) if node.operands else _dtype(node.results[0])
+        plain = [v for v in node.operands if isinstance(v.tensor_type.dtype, DType)]
+        ref_dt = _dtype(plain[0]) if plain else _dtype(node.results[0])
         mark = len(e.nodes)
         ys = rule.emit(e, node, xs, rule.widen(ref_dt))
         for k, (r, y) in enumerate(zip(node.results, ys, strict=True)):
@@ -548,7 +562,9 @@ def _build(graph: Graph, opset: int) -> onnx.ModelProto:
     g = helper.make_graph(e.nodes, graph.name, inputs, outputs, e.inits)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(g, opset_imports=opsets, producer_name="kiln", producer_version=_version())
-    model.ir_version = helper.find_min_ir_version_for(opsets)
+    if e.ms_domain:
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.ir_version = helper.find_min_ir_version_for(opsets)  # onnx knows no versions of contrib domains
     return model
 
 

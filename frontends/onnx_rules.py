@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from ..ir import quant
 from ..ir.core import Value
-from ..ir.dtypes import DType, u8
-from ..ir.ops import explicit_equation, normalize_slice
+from ..ir.dtypes import DType, Layout, QuantType, Scheme, u8
+from ..ir.ops import Act, explicit_equation, normalize_slice
 from ..ir.types import Dim, TensorType
-from .onnx import Importer, OnnxImportError, onnx_dtype, to_array
+from .onnx import Importer, OnnxImportError, _symbol, onnx_dtype, to_array
 
 Args = list[Value | None]
 Rule = Callable[[Importer, dict[str, Any], Args], list[Value]]
@@ -430,6 +431,120 @@ def _constant(imp: Importer, a: dict[str, Any], args: Args) -> list[Value]:
     raise OnnxImportError(f"{imp.node_desc}: Constant with {sorted(a)} is not supported")
 
 
+# -- com.microsoft contrib ops -----------------------------------------------------------------
+def _unpack_rows(data: np.ndarray, rows: int, count: int, bits: int) -> np.ndarray:
+    """``count`` unsigned ``bits``-bit integers per row of LSB-first bit streams (whole bytes per row)."""
+    stream = np.unpackbits(data.reshape(rows, -1), axis=1, count=count * bits, bitorder="little")
+    return (
+        (stream.reshape(rows, count, bits).astype(np.uint16) << np.arange(bits, dtype=np.uint16))
+        .sum(axis=2, dtype=np.uint16)
+        .astype(np.uint8)
+    )
+
+
+def _nbits_zeros(imp: Importer, zp: Value, n: int, blocks: int, bits: int) -> np.ndarray:
+    """MatMulNBits zero points as kiln ``asym`` zeros ``u8[N, blocks]``."""
+    data = imp.require_const(zp, "zero_points")
+    if data.dtype == np.uint8:  # packed like B, each row padded to whole bytes
+        if data.size != n * -(-blocks * bits // 8):
+            raise OnnxImportError(
+                f"{imp.node_desc}: packed zero_points hold {data.size} bytes, expected "
+                f"N * ceil(k_blocks * bits / 8) = {n} * {-(-blocks * bits // 8)}"
+            )
+        return _unpack_rows(data, n, blocks, bits)
+    zf = np.asarray(data, np.float64)
+    if zf.size != n * blocks:
+        raise OnnxImportError(f"{imp.node_desc}: float zero_points must be [N, k_blocks] = [{n}, {blocks}]")
+    if not (np.all(zf == np.rint(zf)) and zf.min(initial=0) >= 0 and zf.max(initial=0) <= 255):
+        raise OnnxImportError(
+            f"{imp.node_desc}: float zero_points that are not integers in [0, 255] (fractional offsets "
+            "such as 1.5) have no kiln format; re-quantize with integer (uint8) zero points"
+        )
+    return zf.reshape(n, blocks).astype(np.uint8)
+
+
+def _matmul_nbits(imp: Importer, a: dict[str, Any], args: Args) -> list[Value]:
+    """com.microsoft ``MatMulNBits`` -> ``qmatmul`` (packed, ``sym`` or ``asym``) [+ ``add`` of the bias].
+
+    B, scales and zero_points must be initializers. Without zero_points the scheme is ``sym``
+    (MatMulNBits' default zero point 2^(bits-1) is kiln's ``sym`` offset); uint8 (packed) or
+    integral float zero_points make it ``asym``. bits 2..8, block_size a power of two >= 16.
+    K not a multiple of block_size is handled, not padded: the whole blocks become one ``qmatmul``
+    and the last, partial block a second one (one group of K mod block_size) on the tail of x.
+    Refused: prepacked weights, a non-trivial g_idx, fractional zero points, empty B.
+    """
+    x = _v(args, 0)
+    k, n, bits, bs = int(a["K"]), int(a["N"]), int(a.get("bits", 4)), int(a["block_size"])
+    # accuracy_level 4 lets onnxruntime quantize A per block to int8; kiln imports the exact
+    # float product (act=f32), which any accuracy level only approximates.
+    if a.get("weight_prepacked", 0):
+        raise OnnxImportError(
+            f"{imp.node_desc}: weight_prepacked={a['weight_prepacked']} (an EP-specific layout) is not "
+            "supported; export the model with weight_prepacked=0"
+        )
+    if not 2 <= bits <= 8:
+        raise OnnxImportError(f"{imp.node_desc}: bits={bits} is not supported; kiln imports 2..8-bit weights")
+    if bs < 16 or bs & (bs - 1):
+        raise OnnxImportError(f"{imp.node_desc}: block_size={bs} must be a power of two >= 16")
+    if k <= 0 or n <= 0:
+        raise OnnxImportError(f"{imp.node_desc}: K={k} and N={n} must be positive")
+    if _t(x).rank == 0 or (isinstance(_t(x).shape[-1], int) and _t(x).shape[-1] != k):
+        raise OnnxImportError(f"{imp.node_desc}: A {_t(x)} does not end in K={k}")
+    blocks, blob = -(-k // bs), bs * bits // 8
+    b = imp.require_const(_v(args, 1), "B (the packed weights)")
+    if b.size != n * blocks * blob or b.dtype != np.uint8:
+        raise OnnxImportError(
+            f"{imp.node_desc}: B is {b.dtype}{list(b.shape)}, expected uint8[N, k_blocks, blob_size] = "
+            f"[{n}, {blocks}, {blob}] (an empty B, an omitted projection, is not supported)"
+        )
+    scales = imp.require_const(_v(args, 2), "scales")
+    if scales.size != n * blocks:
+        raise OnnxImportError(
+            f"{imp.node_desc}: scales hold {scales.size} values, expected N * k_blocks = {n * blocks}"
+        )
+    scales = scales.reshape(n, blocks)
+    sdt = _t(_v(args, 2)).scalar_dtype
+    zp, g_idx, bias = _opt(args, 3), _opt(args, 4), _opt(args, 5)
+    zeros = None if zp is None else _nbits_zeros(imp, zp, n, blocks, bits)
+    if g_idx is not None:
+        gi = imp.require_const(g_idx, "g_idx")
+        if gi.size != k or np.any(np.ravel(gi) != np.arange(k) // bs):
+            raise OnnxImportError(
+                f"{imp.node_desc}: g_idx reorders the quantization groups (act-order); kiln supports only "
+                "contiguous blocks: re-quantize without act-order or drop g_idx"
+            )
+    u = _unpack_rows(b, n, blocks * bs, bits)[:, :k]  # [N, K]; padding of the last block dropped
+    scheme = Scheme.SYM if zeros is None else Scheme.ASYM
+    name = _symbol(_v(args, 1).name or "") or "nbits"
+    parts: list[tuple[int, int, int]] = []  # (first k, last k, group) of each qmatmul
+    whole = k // bs * bs
+    if whole:
+        parts.append((0, whole, bs))
+    if k > whole:
+        if (k - whole) * bits % 8:
+            raise OnnxImportError(
+                f"{imp.node_desc}: the partial last block ({k - whole} of {bs} weights at {bits} bits) does "
+                "not fill whole bytes, which kiln's packed format needs; pad K to a multiple of block_size"
+            )
+        parts.append((whole, k, 0))
+    y: Value | None = None
+    for lo, hi, group in parts:
+        q = QuantType(bits, scheme, group, sdt, Layout.PACKED)
+        g0, g1 = lo // bs, -(-hi // bs)
+        qw = quant.QuantizedWeight(
+            q, hi - lo, n, quant.pack(q, u[:, lo:hi]), np.ascontiguousarray(scales[:, g0:g1]),
+            None if zeros is None else np.ascontiguousarray(zeros[:, g0:g1]),
+        )  # fmt: skip
+        xs = x
+        if len(parts) > 1:
+            ax = _t(x).rank - 1
+            xs = imp.emit("slice", x, axes=(ax,), starts=(lo,), stops=(hi,), steps=(1,))
+        part = imp.emit("qmatmul", xs, *imp.builder.quantized(qw, name), act=Act.F32)
+        y = part if y is None else imp.emit("add", y, part)
+    assert y is not None
+    return [y if bias is None else imp.emit("add", y, bias)]
+
+
 def _simple(pairs: Sequence[tuple[str, str]], make: Callable[[str], Rule]) -> dict[str, Rule]:
     return {onnx_op: make(kiln_op) for onnx_op, kiln_op in pairs}
 
@@ -489,4 +604,5 @@ RULES: dict[str, Any] = {
     "Range": _range,
     "ConstantOfShape": _constant_of_shape,
     "Constant": _constant,
+    "com.microsoft.MatMulNBits": _matmul_nbits,
 }

@@ -10,6 +10,7 @@ import numpy as np
 from .core import Attrs, Graph, Node, Value
 from .dtypes import from_numpy
 from .errors import AttributeError_, KilnError, TypeInferenceError, VerifyError
+from .quant import QuantizedWeight
 from .registry import Context, OpDef, default_context
 from .types import TensorType, Type
 
@@ -87,6 +88,19 @@ class GraphBuilder:
         v = Value(t, name or ref)
         self.graph.nodes.append(Node("constant", (), ConstantAttrs(ref), (v,), self.loc))
         return v
+
+    def quantized(self, qw: QuantizedWeight, name: str = "w") -> list[Value]:
+        """Add a quantized weight's codes, scales (and zero points): the operands after ``x``."""
+        from .ops import ConstantAttrs
+
+        ref = self.fresh_ref(name)
+        self.graph.constants[ref] = qw.codes
+        w = Value(TensorType(qw.qtype, (qw.k, qw.n)), ref)
+        self.graph.nodes.append(Node("constant", (), ConstantAttrs(ref), (w,), self.loc))
+        vals = [w, self.constant(qw.scales, f"{ref}_scales")]
+        if qw.zeros is not None:
+            vals.append(self.constant(qw.zeros, f"{ref}_zeros"))
+        return vals
 
     def op_values(
         self, op: str, *operands: Value, attrs: Attrs | None = None, **kwargs: Any

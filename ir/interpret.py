@@ -13,14 +13,18 @@ from typing import Any
 import numpy as np
 
 from .core import Graph, Node, Value
-from .dtypes import DType, to_dtype
+from .dtypes import DType, QuantType, to_dtype
 from .errors import BackendError, KilnError
+from .ops.quant import QuantizedArg
 from .registry import Context, default_context
 from .signature import bind_inputs, bind_type
 from .types import TensorType, Type
 
 
 def _compute_view(x: Any, t: Type) -> Any:
+    if isinstance(t, TensorType) and isinstance(t.dtype, QuantType):
+        k, n = t.static_shape
+        return QuantizedArg(t.dtype, (k, n), x)  # quantized ops need the format beside the codes
     if isinstance(t, TensorType) and isinstance(t.dtype, DType) and x.dtype != t.dtype.compute_dtype:
         return x.astype(t.dtype.compute_dtype)
     return x

@@ -11,6 +11,7 @@ import numpy as np
 from .core import Graph
 from .errors import KilnError
 from .parser import parse
+from .printer import is_inlined
 from .registry import Context
 
 
@@ -22,7 +23,12 @@ def save(graph: Graph, path: str | os.PathLike[str], *, inline_limit: int = 8) -
     """Write ``graph`` as text to ``path`` and its large constants to ``path`` with ``.npz``."""
     p = Path(path)
     p.write_text(graph.as_text(inline_limit=inline_limit))
-    big = {k: v for k, v in graph.constants.items() if np.size(v) > inline_limit}
+    inlined = {
+        n.attrs.ref  # type: ignore[attr-defined]
+        for n in graph.nodes
+        if n.op == "constant" and is_inlined(n, graph.constants.get(n.attrs.ref, np.zeros(0)), inline_limit)  # type: ignore[attr-defined]
+    }
+    big = {k: v for k, v in graph.constants.items() if k not in inlined}
     wp = weights_path(p)
     if big:
         np.savez(wp, **big)  # type: ignore[arg-type]

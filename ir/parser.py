@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import types as pytypes
@@ -481,8 +482,11 @@ def convert(val: Any, hint: Any) -> Any:
         if not isinstance(val, str):
             raise TypeError(f"expected a string, got {val!r}")
         return val
-    if isinstance(hint, type) and issubclass(hint, Scheme | Layout):
-        return hint(val)
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        try:
+            return hint(str(val))
+        except ValueError:
+            raise TypeError(f"expected one of {[m.value for m in hint]}, got {val!r}") from None
     raise TypeError(f"unsupported attribute type {hint}")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from .core import Attrs, Graph, Node, Value
 from .dtypes import DType
+from .types import TensorType
 
 _NAME = re.compile(r"^[A-Za-z0-9_.]+\Z")  # \Z: "$" would accept a trailing newline
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*\Z")
@@ -142,6 +143,13 @@ class Namer:
         return self.name(v)
 
 
+def is_inlined(node: Node, data: np.ndarray, inline_limit: int) -> bool:
+    """Whether a constant's data is printed in the text (small, plain) or kept by reference."""
+    t = node.results[0].type
+    quantized = isinstance(t, TensorType) and t.is_quantized  # codes are not values of the type
+    return not quantized and np.size(data) <= inline_limit
+
+
 def print_node(node: Node, namer: Namer, graph: Graph, *, locs: bool, inline_limit: int) -> str:
     results = ", ".join(f"%{namer.name(r)}" for r in node.results)
     operands = ", ".join(f"%{namer.name(v)}" for v in node.operands)
@@ -153,7 +161,7 @@ def print_node(node: Node, namer: Namer, graph: Graph, *, locs: bool, inline_lim
         text += f" {attrs}"
     if node.op == "constant":
         data = graph.constants.get(node.attrs.ref)  # type: ignore[attr-defined]
-        if data is not None and np.size(data) <= inline_limit:
+        if data is not None and is_inlined(node, data, inline_limit):
             text += f" {format_dense(data)}"
     text += " : " + ", ".join(str(r.type) for r in node.results)
     if locs and node.loc:

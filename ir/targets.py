@@ -22,6 +22,10 @@ class Target:
     parallel_min_elements: int = 1 << 15  # smaller kernels run on one thread (no fork/join cost)
     vector_bytes: int = 64  # SIMD width (AVX-512)
     pipeline: str = "canonicalize,constant-fold,cse,dce"  # what compile runs when given none
+    gemv_max_rows: int = 4  # quantized matmuls with at most this many activation rows run GEMV kernels
+    # measured cost of the quantized matmul kernels (benchmarks/lowbit.py): (layout, "gemv" | "gemm",
+    # bits, microseconds for a 4096x4096 weight per activation row); the bitslice pass reads it
+    qkernel_cost: tuple[tuple[str, str, int, float], ...] = ()
 
 
 TARGETS: tuple[Target, ...] = (

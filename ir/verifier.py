@@ -6,8 +6,9 @@ import numpy as np
 
 from .builder import infer_types
 from .core import Graph, Node, Value
-from .dtypes import DType
+from .dtypes import DType, QuantType
 from .errors import KilnError, VerifyError
+from .quant import QuantizeError, check_shape, codes_dtype, codes_shape
 from .registry import Context, default_context
 from .types import TensorType, Type
 
@@ -16,14 +17,36 @@ def types_match(expected: Type, given: Type) -> bool:
     return expected == given
 
 
+def check_quantized_constant(ref: str, t: TensorType, arr: np.ndarray) -> None:
+    """A quantized constant holds its codes in the layout of its type (see kiln.ir.quant)."""
+    q = t.dtype
+    assert isinstance(q, QuantType)
+    if t.rank != 2 or not t.is_static:
+        raise VerifyError(f"quantized constant @{ref} must be a static [K, N] matrix, got {t}")
+    k, n = t.static_shape
+    try:
+        check_shape(q, k, f"for @{ref}")
+    except QuantizeError as e:
+        raise VerifyError(str(e)) from None
+    want = codes_shape(q, k, n)
+    if arr.dtype != codes_dtype(q) or tuple(arr.shape) != want:
+        raise VerifyError(
+            f"quantized constant @{ref} holds {arr.dtype}{list(arr.shape)} but {t} is stored as "
+            f"{codes_dtype(q)}{list(want)}"
+        )
+
+
 def check_constant(graph: Graph, node: Node) -> None:
     ref = node.attrs.ref  # type: ignore[attr-defined]
     t = node.results[0].type
     data = graph.constants.get(ref)
     if data is None:
         return  # data not loaded (text without weights); checked when run
+    if isinstance(t, TensorType) and isinstance(t.dtype, QuantType):
+        check_quantized_constant(ref, t, np.asarray(data))
+        return
     if not isinstance(t, TensorType) or not isinstance(t.dtype, DType):
-        raise VerifyError(f"constant @{ref} must have a plain tensor type, got {t}")
+        raise VerifyError(f"constant @{ref} must have a tensor type, got {t}")
     arr = np.asarray(data)
     if arr.dtype != t.dtype.np_dtype or tuple(arr.shape) != t.shape:
         got = f"{arr.dtype}{list(arr.shape)}"

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from ..ir.builder import infer_types, make_attrs
 from ..ir.core import Attrs, Graph, Node, Value
+from ..ir.quant import QuantizedWeight
 from ..ir.registry import Context
 
 
@@ -88,6 +89,19 @@ class Rewriter:
         self.new_nodes.append(node)
         self.producer[v] = node
         return v
+
+    def quantized(self, qw: QuantizedWeight, hint: str = "w") -> list[Value]:
+        """Add a quantized weight's constants (codes, scales[, zeros]); returns them as operands."""
+        from ..ir.builder import GraphBuilder
+
+        b = GraphBuilder(self.graph.name, self.ctx)
+        b.graph.constants = self.graph.constants
+        b.loc = self.loc
+        vals = b.quantized(qw, name=self._fresh(hint))
+        for node in b.graph.nodes:
+            self.new_nodes.append(node)
+            self.producer[node.result] = node
+        return vals
 
     def _fresh(self, hint: str) -> str:
         name, i = hint, 0

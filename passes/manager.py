@@ -6,6 +6,7 @@ A pipeline is ``name{opt=value,...},name,...``; ``kiln passes`` lists the passes
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import sys
 import time
@@ -18,11 +19,13 @@ from ..ir.core import Graph
 from ..ir.errors import KilnError, PipelineError
 from ..ir.registry import Context, default_context
 from .base import Pass
+from .bitslice import Bitslice
 from .canonicalize import Canonicalize
 from .fuse import Fuse
 from .fuse_attention import FuseAttention
 from .fuse_horizontal import FuseHorizontal
 from .infer_shapes import InferShapes, Verify
+from .quantize import Quantize
 from .simplify import CSE, DCE, ConstantFold
 from .unfuse import Unfuse
 
@@ -42,6 +45,8 @@ def builtin_passes() -> dict[str, type[Pass]]:
             FuseAttention,
             FuseHorizontal,
             Fuse,
+            Quantize,
+            Bitslice,
         )
     }
 
@@ -49,8 +54,9 @@ def builtin_passes() -> dict[str, type[Pass]]:
 DEFAULT_PIPELINE = "canonicalize,constant-fold,cse,dce"
 
 # options in braces; a quoted value may hold braces and commas (Pass.spec quotes such values)
-_ITEM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})?\s*(,|$)')
-_OPT = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,}]*)\s*(,|$)')
+# and an unquoted value may hold one level of braces: bits=auto{budget=3}
+_ITEM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*"|\{[^{}]*\})*\})?\s*(,|$)')
+_OPT = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|(?:[^,{}]|\{[^{}]*\})*)\s*(,|$)')
 
 
 def _convert_option(pass_name: str, f: dataclasses.Field[Any], hint: Any, raw: str) -> Any:
@@ -66,13 +72,24 @@ def _convert_option(pass_name: str, f: dataclasses.Field[Any], hint: Any, raw: s
             return int(raw)
         if hint is float:
             return float(raw)
+        if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+            choices = [m.value for m in hint]
+            if raw not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}")
+            return hint(raw)
         return raw
     except ValueError as e:
         raise PipelineError(f"pass '{pass_name}' option '{f.name}={raw}': {e}") from None
 
 
-def parse_pipeline(text: str, passes: dict[str, type[Pass]] | None = None) -> list[Pass]:
-    """``"canonicalize,cse,constant-fold{max_elements=100}"`` -> pass instances."""
+def parse_pipeline(
+    text: str, passes: dict[str, type[Pass]] | None = None, default: str | None = None
+) -> list[Pass]:
+    """``"canonicalize,cse,constant-fold{max_elements=100}"`` -> pass instances.
+
+    With ``default`` (a target's pipeline), the item ``default`` stands for it:
+    ``"quantize{bits=4},default"`` quantizes, then runs the target's usual passes.
+    """
     registry = passes if passes is not None else builtin_passes()
     out: list[Pass] = []
     pos, text = 0, text.strip()
@@ -81,6 +98,10 @@ def parse_pipeline(text: str, passes: dict[str, type[Pass]] | None = None) -> li
         if not m:
             raise PipelineError(f"bad pipeline at character {pos + 1}: {text[pos:]!r}")
         name, opts = m.group(1), m.group(2)
+        if name == "default" and default is not None and not opts:
+            out.extend(parse_pipeline(default, passes))
+            pos = m.end()
+            continue
         if name not in registry:
             raise PipelineError(
                 f"unknown pass '{name}' in pipeline {text!r}; known: {', '.join(sorted(registry))}"
@@ -125,8 +146,8 @@ class PassManager:
     timings: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, pipeline: str, **kwargs: Any) -> PassManager:
-        return cls(parse_pipeline(pipeline), **kwargs)
+    def parse(cls, pipeline: str, default: str | None = None, **kwargs: Any) -> PassManager:
+        return cls(parse_pipeline(pipeline, default=default), **kwargs)
 
     def run(self, graph: Graph) -> Graph:
         known = {p.name for p in self.passes}

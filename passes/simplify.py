@@ -45,7 +45,17 @@ class ConstantFold(Pass):
                 ys = run_node(rw.graph, node, list(datas), {}, ctx)
             except KilnError:
                 return None  # e.g. argmax of an empty axis: left for run time to report
-            return [rw.constant(np.asarray(y, order="C"), hint="fold") for y in ys]
+            hint = "fold"
+            if biggest > 1:  # name a folded weight after the weight it came from (reports, errors)
+                big = next(
+                    v
+                    for v, d in zip(node.operands, datas, strict=True)
+                    if d is not None and d.size == biggest
+                )
+                src = rw.producer.get(big)
+                if src is not None and src.op == "constant":
+                    hint = f"{src.attrs.ref}_{node.op}"  # type: ignore[attr-defined]
+            return [rw.constant(np.asarray(y, order="C"), hint=hint) for y in ys]
 
         Rewriter(graph, ctx).run(visit)
         graph.prune_constants()

@@ -89,5 +89,9 @@ def compile_graph(
     backend = get_backend(target, ctx, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
                           fallback=fallback)  # fmt: skip
     spec = tgt.pipeline if pipeline is None else pipeline
-    g = PassManager.parse(spec, verify_each=verify_each, ctx=ctx).run(graph) if spec else graph
+    g = (
+        PassManager.parse(spec, default=tgt.pipeline, verify_each=verify_each, ctx=ctx).run(graph)
+        if spec
+        else graph
+    )
     return Executable(g, backend, options)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ...ir.core import Graph, Node, Value
-from ...ir.dtypes import DType
+from ...ir.dtypes import DType, QuantType, f32
 from ...ir.errors import BackendError, KilnError
 from ...ir.interpret import run_node
 from ...ir.registry import Context
@@ -62,6 +62,7 @@ NUMPY_OPS = frozenset(
         "layer_norm",
         "rms_norm",
         "where",
+        "qgather",  # dequantizes only the gathered rows
     ]
 )
 
@@ -107,7 +108,7 @@ class Executor:
         return self.slot[v]
 
     def lowered(self, n: Node) -> bool:
-        if n.op in ("fused", "attention", "constant", "matmul", "concat", "gather"):
+        if n.op in ("fused", "attention", "constant", "matmul", "qmatmul", "concat", "gather"):
             return True
         return n.op in VIEWS or n.op in NUMPY_OPS or n.op in self.elementwise
 
@@ -178,6 +179,8 @@ class Executor:
             return self.lower_fused(n, ins, outs)
         if op == "attention":
             return self.lower_attention(n, ins, outs)
+        if op == "qmatmul":
+            return self.lower_qmatmul(n, ins, outs)
         if op == "matmul":
             buf = self.buffers[n.results[0]]
             a, b, o = ins[0], ins[1], outs[0]
@@ -215,6 +218,30 @@ class Executor:
                           "semantics (fallback=True)", RuntimeWarning, stacklevel=2)  # fmt: skip
             return self.numpy_step(n, ins, outs)
         raise BackendError(f"{n.describe()}: no numba-cpu lowering")
+
+    def lower_qmatmul(self, n: Node, ins: list[int], outs: list[int]) -> Step:
+        """The low-bit kernels (qkernels.py): weights stay packed; x is flattened to [M, K]."""
+        from .qkernels import kernel_source, make_qmatmul
+
+        wt = n.operands[1].tensor_type
+        q = wt.dtype
+        assert isinstance(q, QuantType)
+        k, cols = wt.static_shape
+        if n.operands[0].tensor_type.scalar_dtype != f32:
+            return self.numpy_step(n, ins, outs)  # f16/bf16 activations: the reference semantics
+        kern = make_qmatmul(q, k, cols, act=str(n.attrs.act))  # type: ignore[attr-defined]
+        self.sources.append(kernel_source(kern))
+        buf = self.buffers[n.results[0]]
+        out2 = buf.reshape(-1, cols)
+        xi, wi, si, o = ins[0], ins[1], ins[2], outs[0]
+        zi = ins[3] if len(ins) == 4 else None
+
+        def qmatmul(env: list[Any]) -> None:
+            x = np.ascontiguousarray(env[xi]).reshape(-1, k)
+            kern(x, env[wi], env[si], None if zi is None else env[zi], out2)
+            env[o] = buf
+
+        return qmatmul
 
     def lower_view(self, n: Node, ins: list[int], outs: list[int]) -> Step:
         a = n.attrs

@@ -6,6 +6,7 @@ from ..registry import OpDef
 from .contract import EinsumAttrs, GatherNdAttrs, contract_ops, explicit_equation
 from .elementwise import CastAttrs, GeluAttrs, elementwise_ops
 from .fused import AttentionAttrs, FusedAttrs, fused_ops
+from .quant import Act, QMatmulAttrs, QuantizedArg, quant_ops
 from .reduce import (
     ArgReduceAttrs,
     AxisAttrs,
@@ -31,10 +32,13 @@ from .shape import (
 
 def core_ops() -> list[OpDef]:
     """Every op kiln defines, in a stable order."""
-    return [*elementwise_ops(), *reduce_ops(), *shape_ops(), *contract_ops(), *fused_ops()]
+    return [*elementwise_ops(), *reduce_ops(), *shape_ops(), *contract_ops(), *fused_ops(), *quant_ops()]
 
 
 __all__ = [
+    "Act",
+    "QMatmulAttrs",
+    "QuantizedArg",
     "AttentionAttrs",
     "FusedAttrs",
     "ArgReduceAttrs",

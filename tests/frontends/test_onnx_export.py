@@ -3,7 +3,8 @@
 Each case builds a small graph with :class:`GraphBuilder`, exports it with ``to_onnx``, runs it with
 onnxruntime's CPU provider and compares with ``interpret`` on the same random inputs. Cases with
 ``via`` run the op in a dtype onnxruntime's Python API cannot feed (bf16): the graph casts its f32
-inputs to it and its results back.
+inputs to it and its results back. Cases with ``qweight`` (qmatmul, qgather) add that quantized weight
+as constants around the inputs; ``warns`` is the warning their export must give (a float fallback).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from kiln.frontends import onnx_export
 from kiln.frontends.onnx_export import NOT_EXPRESSIBLE, TABLE, OnnxExportError, Rule, to_onnx
 from kiln.ir.builder import GraphBuilder
 from kiln.ir.core import Graph, NoAttrs, Value
-from kiln.ir.dtypes import DType, QuantType, bf16, f16, f32, from_numpy, i32
+from kiln.ir.dtypes import DType, Layout, QuantType, Scheme, bf16, f16, f32, from_numpy, i32
 from kiln.ir.interpret import interpret
 from kiln.ir.ops import core_ops
+from kiln.ir.quant import QuantizedWeight, quantize
 from kiln.ir.registry import Context, OpDef, default_context
 from kiln.ir.types import HostType, TensorType
 
@@ -70,6 +72,8 @@ class Case:
     attrs: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     via: DType | None = None
+    qweight: QuantizedWeight | None = None
+    warns: str = ""
 
     @property
     def id(self) -> str:
@@ -85,6 +89,9 @@ class Case:
             b.output("y0", c)
             b.output("y1", b.op("add", xs[0], c))
             return b.build()
+        if self.qweight is not None:  # qmatmul(x, w...) or qgather(w..., indices)
+            w = b.quantized(self.qweight, "w" if self.op == "qmatmul" else "table")
+            xs = [xs[0], *w] if self.op == "qmatmul" else [*w, *xs]
         if self.via is not None:
             xs = [b.op("cast", x, dtype=self.via) if x.tensor_type.dtype == f32 else x for x in xs]
         ys = b.op_values(self.op, *xs, **self.attrs)
@@ -98,8 +105,20 @@ class Case:
         return {f"x{i}": a for i, a in enumerate(self.args)}
 
 
-def c(op: str, *args: np.ndarray, label: str = "", via: DType | None = None, **attrs: Any) -> Case:
-    return Case(op, args, attrs, label, via)
+def c(
+    op: str,
+    *args: np.ndarray,
+    label: str = "",
+    via: DType | None = None,
+    qweight: QuantizedWeight | None = None,
+    warns: str = "",
+    **attrs: Any,
+) -> Case:
+    return Case(op, args, attrs, label, via, qweight, warns)
+
+
+def qw(k: int, n: int, q: QuantType) -> QuantizedWeight:
+    return quantize(rand(F32, k, n), q)
 
 
 F32, F16, F64 = np.float32, np.float16, np.float64
@@ -359,6 +378,23 @@ CASES: list[Case] = [
     c("tril", rand(I32, 3, 5), k=2),
     c("tril", rand(F16, 3, 3)),
     c("constant", rand(F32, 2, 3)),
+    # quantized: MatMulNBits where onnxruntime runs the format, else the dequantized weight (warned)
+    c("qmatmul", rand(F32, 3, 64), qweight=qw(64, 8, QuantType(4, Scheme.SYM, 32)), label="nbits"),
+    c("qmatmul", rand(F32, 2, 3, 64), qweight=qw(64, 8, QuantType(8, Scheme.ASYM, 0)), label="nbits-asym"),
+    c(
+        "qmatmul",
+        rand(F32, 3, 64),
+        qweight=qw(64, 8, QuantType(3, Scheme.SYM, 32)),
+        act="int8",
+        label="fallback-int8",
+        warns="dequantized float weight.*2, 4 and 8 bits only",
+    ),
+    c(
+        "qgather",
+        rand(I32, 2, 3, lo=-10, hi=9),
+        qweight=qw(64, 10, QuantType(4, Scheme.ASYM, 32, f32, Layout.PACKED)),
+        warns="'qgather'.*no quantized Gather",
+    ),
 ]
 
 
@@ -392,7 +428,11 @@ def check(graph: Graph, feeds: dict[str, np.ndarray], **kwargs: Any) -> onnx.Mod
 
 @pytest.mark.parametrize("case", CASES, ids=[k.id for k in CASES])
 def test_op_matches_reference(case: Case) -> None:
-    check(case.graph(), case.feeds())
+    if not case.warns:
+        check(case.graph(), case.feeds())
+        return
+    with pytest.warns(UserWarning, match=case.warns):
+        check(case.graph(), case.feeds())
 
 
 EMPTY_BACKWARD = c("slice", rand(F32, 5, 6), axes=(0,), starts=(-1,), stops=(-1,), steps=(-1,))

@@ -25,6 +25,7 @@ from kiln.ir.errors import BackendError
 from kiln.ir.interpret import interpret
 from kiln.ir.ops import ConstantAttrs
 from kiln.ir.parser import Parser, parse
+from kiln.ir.quant import quantize
 from kiln.ir.registry import default_context
 from kiln.ir.types import HostType, TensorType
 
@@ -147,6 +148,22 @@ def build_constant(b: GraphBuilder) -> None:
     b.output("sum", b.op("reduce_sum", large, axes=(1,)))
 
 
+def build_qmatmul(scheme: Scheme, layout: Layout, act: str = "f32") -> Build:
+    def build(b: GraphBuilder) -> None:
+        w = np.linspace(-1, 1, 128 * 6, dtype=np.float32).reshape(128, 6)
+        qw = quantize(w, QuantType(3, scheme, 64, kd.f16, layout))
+        x = b.input("x", t(kd.f32, "n", 128))
+        b.output("y", b.op("qmatmul", x, *b.quantized(qw, "w"), act=act))
+
+    return build
+
+
+def build_qgather(b: GraphBuilder) -> None:
+    qw = quantize(np.linspace(-1, 1, 64 * 5, dtype=np.float32).reshape(64, 5), QuantType(2, Scheme.ASYM, 0))
+    idx = b.input("i", t(kd.i32, "n"))
+    b.output("rows", b.op("qgather", *b.quantized(qw, "table"), idx))
+
+
 def slice_attrs(dim: int, s: slice) -> dict[str, tuple[int, ...]]:
     start, stop, step = s.indices(dim)
     return {"axes": (1,), "starts": (start,), "stops": (stop,), "steps": (step,)}
@@ -226,6 +243,10 @@ TABLE: list[tuple[str, str, Build]] = [
     ("tril", "tril", one("tril", t(kd.f32, 3, 3), k=2)),
     ("tril-default", "tril", one("tril", t(i4, 3, 3))),
     ("constant", "constant", build_constant),
+    ("qmatmul-sym-packed", "qmatmul", build_qmatmul(Scheme.SYM, Layout.PACKED)),
+    ("qmatmul-asym-int8", "qmatmul", build_qmatmul(Scheme.ASYM, Layout.PACKED, "int8")),
+    ("qmatmul-bipolar-bitsliced", "qmatmul", build_qmatmul(Scheme.BIPOLAR, Layout.BITSLICED)),
+    ("qgather", "qgather", build_qgather),
 ]
 
 

@@ -1,0 +1,136 @@
+"""Low-bit matmul kernels against the golden dequantization (ir/quant.py) and NumPy in float64."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiln.backends.numba_cpu import llvm_kernels
+from kiln.backends.numba_cpu.qkernels import kernel_source, make_qmatmul, quantize_rows
+from kiln.ir.dtypes import Layout, QuantType, Scheme
+from kiln.ir.errors import BackendError
+from kiln.ir.quant import QuantizedWeight, dequantize, quantize
+
+VNNI = llvm_kernels.host_has_vnni()
+SCHEMES = [Scheme.SYM, Scheme.ASYM, Scheme.BIPOLAR]
+
+
+def _qtypes(bits_list: list[int], groups: list[int]) -> list[QuantType]:
+    out = []
+    for bits, scheme, layout, group in itertools.product(bits_list, SCHEMES, list(Layout), groups):
+        if not (scheme == Scheme.SYM and bits == 1):
+            out.append(QuantType(bits, scheme, group, layout=layout))
+    return out
+
+
+def _weight(q: QuantType, k: int, n: int, seed: int) -> QuantizedWeight:
+    w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
+    return quantize(w, q, clip_search=0)
+
+
+def _check(q: QuantType, qw: QuantizedWeight, m: int, act: str, vnni: bool | None, seed: int = 1) -> None:
+    k, n = qw.k, qw.n
+    x = np.random.default_rng(seed).standard_normal((m, k)).astype(np.float32)
+    w = dequantize(q, k, qw.codes, qw.scales, qw.zeros).astype(np.float64)
+    out = np.full((m, n), np.nan, np.float32)
+    kern = make_qmatmul(q, k, n, act=act, vnni=vnni)
+    kern(x, qw.codes, qw.scales, qw.zeros, out)
+    exact = x.astype(np.float64) @ w
+    norm = float(np.abs(exact).max()) + 1e-12
+    if act == "f32":
+        assert np.abs(out - exact).max() / norm < 1e-4, (q.name, m, kern.path)
+        return
+    xq, xs = quantize_rows(x)
+    same_ints = (xq.astype(np.float64) * xs[:, None]) @ w
+    assert np.abs(out - same_ints).max() / norm < 2e-5, (q.name, m, kern.path)
+    assert np.abs(out - exact).max() / norm < 0.05, (q.name, m, kern.path)  # int8 rounding only
+
+
+FAST = _qtypes([1, 2, 3, 4, 8], [64, 0])
+
+
+@pytest.mark.parametrize("q", FAST, ids=lambda q: q.name)
+@pytest.mark.parametrize("act", ["int8", "f32"])
+def test_kernels_match_dequantize(q: QuantType, act: str) -> None:
+    qw = _weight(q, 256, 40, seed=q.bits)
+    for m in (1, 3, 16, 33):
+        _check(q, qw, m, act, vnni=None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("q", _qtypes(list(range(1, 9)), [32, 64, 128, 0]), ids=lambda q: q.name)
+def test_kernels_full_sweep(q: QuantType) -> None:
+    qw = _weight(q, 512, 130, seed=q.bits + 10)
+    for m, act in itertools.product((1, 3, 16, 33), ("int8", "f32")):
+        _check(q, qw, m, act, vnni=None)
+    for m in (1, 5):
+        _check(q, qw, m, "int8", vnni=False)
+
+
+@pytest.mark.parametrize("q", _qtypes([2, 4, 5], [32]), ids=lambda q: q.name)
+def test_numba_fallback_matches(q: QuantType) -> None:
+    """The portable path (what a CPU without AVX-512 VNNI runs) computes the same integers."""
+    kern = make_qmatmul(q, 256, 40, act="int8", vnni=False)
+    assert kern.compiled is None and "def _numba_int8" in kernel_source(kern)
+    qw = _weight(q, 256, 40, seed=7)
+    for m in (1, 5, 16):
+        _check(q, qw, m, "int8", vnni=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    bits=st.integers(1, 8),
+    scheme=st.sampled_from(SCHEMES),
+    layout=st.sampled_from(list(Layout)),
+    group=st.sampled_from([32, 64, 128, 0]),
+    kb=st.integers(1, 4),
+    n=st.integers(1, 70),
+    m=st.integers(1, 9),
+)
+def test_random_shapes(
+    bits: int, scheme: Scheme, layout: Layout, group: int, kb: int, n: int, m: int
+) -> None:
+    if scheme == Scheme.SYM and bits == 1:
+        scheme = Scheme.BIPOLAR
+    q = QuantType(bits, scheme, group, layout=layout)
+    qw = _weight(q, 128 * kb, n, seed=n)
+    _check(q, qw, m, "int8", vnni=None, seed=m)
+
+
+@pytest.mark.skipif(not VNNI, reason="needs AVX-512 VNNI")
+def test_vnni_path_and_source() -> None:
+    q = QuantType(4, Scheme.SYM, 128)
+    kern = make_qmatmul(q, 512, 8, act="int8")
+    assert kern.path == "llvm-vnni"
+    text = kernel_source(kern)
+    assert "llvm.x86.avx512.vpdpbusd.512" in text and 'define void @"qdot_m4"' in text
+    # the same structure is compiled once and shared
+    assert make_qmatmul(q, 512, 64, act="int8").compiled is kern.compiled
+
+
+def test_bad_inputs_raise_backend_error() -> None:
+    q = QuantType(4, Scheme.ASYM, 64)
+    qw = _weight(q, 128, 8, seed=0)
+    kern = make_qmatmul(q, 128, 8, act="int8")
+    x = np.ones((2, 128), np.float32)
+    out = np.empty((2, 8), np.float32)
+    with pytest.raises(BackendError, match="codes"):
+        kern(x, qw.codes[:, :10], qw.scales, qw.zeros, out)
+    with pytest.raises(BackendError, match="codes"):
+        kern(x, qw.codes.astype(np.int16), qw.scales, qw.zeros, out)
+    with pytest.raises(BackendError, match="K=128"):
+        kern(np.ones((2, 64), np.float32), qw.codes, qw.scales, qw.zeros, out)
+    with pytest.raises(BackendError, match="zero points"):
+        kern(x, qw.codes, qw.scales, None, out)
+    with pytest.raises(BackendError, match="scales"):
+        kern(x, qw.codes, qw.scales[:, :1], qw.zeros, out)
+    with pytest.raises(BackendError, match="out"):
+        kern(x, qw.codes, qw.scales, qw.zeros, np.empty((2, 9), np.float32))
+    with pytest.raises(BackendError, match="group"):
+        make_qmatmul(QuantType(4, Scheme.SYM, 48), 128, 8)
+    with pytest.raises(BackendError, match="act"):
+        make_qmatmul(q, 128, 8, act="int4")
