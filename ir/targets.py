@@ -35,6 +35,30 @@ TARGETS: tuple[Target, ...] = (
         "cpu",
         "fused kernels generated as Numba code, BLAS for matmuls, planned buffers",
         pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,fuse-horizontal,fuse,dce",
+        # benchmarks/lowbit.py, 2026-11-30, 2 threads (GOMP_SPINCOUNT=10000), 4096x4096, int8 activations:
+        # GEMV at M=1, GEMM at M=16; bit-sliced wins only at 3 bits (no shift-and-mask split there)
+        qkernel_cost=(
+            ("packed", "gemv", 8, 426.5),
+            ("bitsliced", "gemv", 8, 790.7),
+            ("packed", "gemv", 4, 290.6),
+            ("bitsliced", "gemv", 4, 433.7),
+            ("packed", "gemv", 3, 432.1),
+            ("bitsliced", "gemv", 3, 354.3),
+            ("packed", "gemv", 2, 187.3),
+            ("bitsliced", "gemv", 2, 269.0),
+            ("packed", "gemv", 1, 136.4),
+            ("bitsliced", "gemv", 1, 179.4),
+            ("packed", "gemm", 8, 1849.4),
+            ("bitsliced", "gemm", 8, 3468.3),
+            ("packed", "gemm", 4, 2212.9),
+            ("bitsliced", "gemm", 4, 2436.3),
+            ("packed", "gemm", 3, 2480.8),
+            ("bitsliced", "gemm", 3, 2237.1),
+            ("packed", "gemm", 2, 1758.9),
+            ("bitsliced", "gemm", 2, 2319.4),
+            ("packed", "gemm", 1, 1352.5),
+            ("bitsliced", "gemm", 1, 2137.4),
+        ),
     ),
 )
 

@@ -28,14 +28,19 @@ from typing import Any
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
+import numpy as np
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F16, F32, PTR = ir.HalfType(), ir.FloatType(), ir.PointerType()
 V64I8, V16I32, V16F = ir.VectorType(I8, 64), ir.VectorType(I32, 16), ir.VectorType(F32, 16)
 FAST = ("fast",)
 MAX_MB = 4
+# weight rows per loop iteration for each activation-block height: a GEMV (mb = 1) works on four
+# rows at once so that four independent vpdpbusd/FMA chains hide their latency and share x loads
+ROWS_PER_STEP = {1: 4, 2: 2, 3: 1, 4: 1}
+PREFETCH_BYTES = 2048  # how far ahead of the decoder the codes are prefetched (per row)
 
-# void kernel(n0, n1, codes, scales, zeros, xq, x_stride, sx, xs, out, out_stride): all i64
+# void kernel(n0, n1, codes, scales, zeros, xq, x_stride, xsum, xs, out, out_stride): all i64
 KERNEL_CTYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 11))
 
 
@@ -67,6 +72,11 @@ class Plan:
         return self.k // self.gl
 
     @property
+    def steps(self) -> int:
+        """Scale steps per row: a group (when groups span blocks) or a block (holding groups)."""
+        return self.k // max(self.gl, self.sb)
+
+    @property
     def row_bytes(self) -> int:
         return self.k * self.bits // 8
 
@@ -89,12 +99,32 @@ def plan_for(
     return p
 
 
+def xsum_lanes(p: Plan, group_sums: np.ndarray) -> np.ndarray:
+    """``int32[M, steps, 16]``: each group's activation sum in the first accumulator lane of the
+    group (lane l of a step holds group ``l * per // 16``; other lanes 0), so that the kernel's
+    offset correction is one integer multiply-subtract per step."""
+    m = group_sums.shape[0]
+    out = np.zeros((m, p.steps, 16), np.int32)
+    per = max(1, p.sb // p.gl)
+    first = [q * 16 // per for q in range(per)]
+    out[:, :, first] = group_sums.reshape(m, p.steps, per)
+    return out
+
+
 def x_permutation(p: Plan) -> list[int] | None:
     """Where activation ``k`` goes inside each block (the ``split`` decoder's weight order)."""
     if p.decode != "split":
         return None
     r = 8 // p.bits
     return [i * r + j for j in range(r) for i in range(64)]
+
+
+def kernel_name(mb: int, nr: int) -> str:
+    return f"qdot_m{mb}_r{nr}"
+
+
+def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
+    return [v for row in rows for v in row]
 
 
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
@@ -107,16 +137,17 @@ def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) ->
 class _Gen:
     """Builds one kernel function; value and block names follow the math in the module docstring."""
 
-    def __init__(self, p: Plan, mb: int, module: ir.Module) -> None:
-        self.p, self.mb, self.m = p, mb, module
+    def __init__(self, p: Plan, mb: int, nr: int, module: ir.Module) -> None:
+        self.p, self.mb, self.nr, self.m = p, mb, nr, module
         self.dpbusd = _declare(module, "llvm.x86.avx512.vpdpbusd.512", V16I32, [V16I32, V64I8, V64I8])
         self.fma = _declare(module, "llvm.fma.v16f32", V16F, [V16F, V16F, V16F])
         self.rsum = _declare(module, "llvm.vector.reduce.fadd.v16f32", F32, [F32, V16F])
+        self.prefetch = _declare(module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
 
     def build(self) -> None:
-        p, mb = self.p, self.mb
-        fn = ir.Function(self.m, ir.FunctionType(ir.VoidType(), [I64] * 11), f"qdot_m{mb}")
-        names = ["n0", "n1", "codes_addr", "scales_addr", "zeros_addr", "xq_addr", "x_stride", "sx_addr",
+        p, mb, nr = self.p, self.mb, self.nr
+        fn = ir.Function(self.m, ir.FunctionType(ir.VoidType(), [I64] * 11), kernel_name(mb, nr))
+        names = ["n0", "n1", "codes_addr", "scales_addr", "zeros_addr", "xq_addr", "x_stride", "xsum_addr",
                  "xs_addr", "out_addr", "out_stride"]  # fmt: skip
         for arg, nm in zip(fn.args, names, strict=True):
             arg.name = nm
@@ -125,47 +156,59 @@ class _Gen:
         self.b = b
         ptr = {
             nm: b.inttoptr(a[nm + "_addr"], PTR, name=nm)
-            for nm in ("codes", "scales", "zeros", "xq", "sx", "xs", "out")
+            for nm in ("codes", "scales", "zeros", "xq", "xsum", "xs", "out")
         }
         # per activation row m of the block: its int8 row, group sums and scale
         xrow = [
             b.gep(ptr["xq"], [b.mul(a["x_stride"], I64(m))], source_etype=I8, name=f"x{m}") for m in range(mb)
+        ]
+        # the group sums of each activation row, laid out as accumulator lanes (see xsum_lanes)
+        self.xsum = [
+            b.gep(ptr["xsum"], [I64(m * p.steps * 16)], source_etype=I32, name=f"xsum{m}") for m in range(mb)
         ]
         rows_loop = fn.append_basic_block("rows")
         done = fn.append_basic_block("done")
         b.cbranch(b.icmp_signed("<", a["n0"], a["n1"]), rows_loop, done)
         entry = b.block
 
-        # --- for n in [n0, n1): one output per activation row ---
+        # --- for n in [n0, n1) step nr ((n1 - n0) % nr == 0): one output per row and activation row ---
         b.position_at_end(rows_loop)
         n = b.phi(I64, "n")
         n.add_incoming(a["n0"], entry)
-        b.comment("this row's codes, scales and zero points")
-        codes = b.gep(ptr["codes"], [b.mul(n, I64(p.bits * p.k // 8))], source_etype=I8, name="codes_n")
+        b.comment(f"the codes, scales and zero points of rows n .. n+{nr - 1}")
         sdt = F16 if p.scale_f16 else F32
-        scales = b.gep(ptr["scales"], [b.mul(n, I64(p.groups))], source_etype=sdt, name="scales_n")
-        zeros = b.gep(ptr["zeros"], [b.mul(n, I64(p.groups))], source_etype=I8, name="zeros_n")
-        self.codes, self.scales, self.sdt = codes, scales, sdt
+        self.sdt = sdt
+        self.codes, self.scales, self.zeros = [], [], []
+        for r in range(nr):
+            nr_ = b.add(n, I64(r), name=f"n{r}")
+            self.codes.append(
+                b.gep(ptr["codes"], [b.mul(nr_, I64(p.row_bytes))], source_etype=I8, name=f"codes{r}")
+            )
+            self.scales.append(
+                b.gep(ptr["scales"], [b.mul(nr_, I64(p.groups))], source_etype=sdt, name=f"scales{r}")
+            )
+            self.zeros.append(
+                b.gep(ptr["zeros"], [b.mul(nr_, I64(p.groups))], source_etype=I8, name=f"zeros{r}")
+            )
         facc = self.block_loops(xrow)
-        b.comment("y = xs * (a * sum_g s_g acc_g - sum_g s_g c_g sx_g)")
-        corr = self.correction(scales, zeros, ptr["sx"])
-        for m in range(mb):
-            dot = b.call(self.rsum, [F32(0.0), facc[m]], name=f"dot{m}", fastmath=FAST)
-            if p.a != 1:
-                dot = b.fmul(dot, F32(float(p.a)), name=f"adot{m}")
-            xs = b.load(b.gep(ptr["xs"], [I64(m)], source_etype=F32), typ=F32, name=f"xs{m}")
-            y = b.fmul(b.fsub(dot, corr[m]), xs, name=f"y{m}")
-            orow = b.add(b.mul(a["out_stride"], I64(m)), n)
-            b.store(y, b.gep(ptr["out"], [orow], source_etype=F32))
-        n_next = b.add(n, I64(1), name="n_next")
+        b.comment("y = xs * sum over lanes of facc")
+        for r in range(nr):
+            for m in range(mb):
+                dot = b.call(self.rsum, [F32(0.0), facc[r][m]], name=f"dot{r}_{m}", fastmath=FAST)
+                xs = b.load(b.gep(ptr["xs"], [I64(m)], source_etype=F32), typ=F32, name=f"xs{m}")
+                y = b.fmul(dot, xs, name=f"y{r}_{m}")
+                orow = b.add(b.mul(a["out_stride"], I64(m)), b.add(n, I64(r)))
+                b.store(y, b.gep(ptr["out"], [orow], source_etype=F32))
+        n_next = b.add(n, I64(nr), name="n_next")
         n.add_incoming(n_next, b.block)
         b.cbranch(b.icmp_signed("<", n_next, a["n1"]), rows_loop, done)
         b.position_at_end(done)
         b.ret_void()
 
-    def block_loops(self, xrow: list[ir.Value]) -> list[ir.Value]:
-        """Loop over scale steps (a group, or a block holding several groups); lane-wise float sums."""
-        p, b, mb = self.p, self.b, self.mb
+    def block_loops(self, xrow: list[ir.Value]) -> list[list[ir.Value]]:
+        """Loop over scale steps (a group, or a block holding several groups); lane-wise float sums
+        ``facc[r][m]`` per weight row r and activation row m."""
+        p, b, mb, nr = self.p, self.b, self.mb, self.nr
         fn = b.function
         step = max(p.gl, p.sb)
         pre = b.block
@@ -174,12 +217,12 @@ class _Gen:
         b.position_at_end(head)
         t = b.phi(I64, "step_k0")  # first weight of this step
         t.add_incoming(I64(0), pre)
-        facc = [b.phi(V16F, f"facc{m}") for m in range(mb)]
-        for f in facc:
+        facc = [[b.phi(V16F, f"facc{r}_{m}") for m in range(mb)] for r in range(nr)]
+        for f in _flat(facc):
             f.add_incoming(ir.Constant(V16F, None), pre)
         zero_i = ir.Constant(V16I32, None)
         if step == p.sb:
-            iacc = self.block(t, xrow, [zero_i] * mb)
+            iacc = self.block(t, xrow, [[zero_i] * mb for _ in range(nr)])
         else:  # a group of several blocks: i32 sums over the group first
             b.comment(f"one group = {step // p.sb} blocks of {p.sb} weights: accumulate in i32")
             bpre = b.block
@@ -188,29 +231,41 @@ class _Gen:
             b.position_at_end(inner)
             j = b.phi(I64, "block_k0")
             j.add_incoming(t, bpre)
-            ia = [b.phi(V16I32, f"iacc{m}") for m in range(mb)]
-            for v in ia:
+            ia = [[b.phi(V16I32, f"iacc{r}_{m}") for m in range(mb)] for r in range(nr)]
+            for v in _flat(ia):
                 v.add_incoming(zero_i, bpre)
-            iacc = self.block(j, xrow, list(ia))
+            iacc = self.block(j, xrow, [list(row) for row in ia])
             j_next = b.add(j, I64(p.sb), name="block_next")
-            for v, nv in zip(ia, iacc, strict=True):
+            for v, nv in zip(_flat(ia), _flat(iacc), strict=True):
                 v.add_incoming(nv, b.block)
             j.add_incoming(j_next, b.block)
             after = fn.append_basic_block("group_end")
             b.cbranch(b.icmp_signed("<", j_next, b.add(t, I64(step))), inner, after)
             b.position_at_end(after)
-        lane_scale = self.lane_scales(t)
+        b.comment("the offset, in integers: iacc = a * iacc - c * (sum of x over the lane's group)")
+        tix = b.sdiv(t, I64(step), name="step_index")
+        xsl = []
+        for m in range(mb):
+            src = b.gep(self.xsum[m], [b.mul(tix, I64(16))], source_etype=I32)
+            xsl.append(b.load(src, typ=V16I32, name=f"xsum_lanes{m}", align=4))  # NumPy aligns to 16 at best
+        for r in range(nr):
+            cl = self.lane_offsets(t, r)
+            for m in range(mb):
+                v = iacc[r][m]
+                if p.a != 1:
+                    v = b.mul(v, ir.Constant(V16I32, [p.a] * 16), name=f"a_iacc{r}_{m}")
+                iacc[r][m] = b.sub(v, b.mul(cl, xsl[m]), name=f"iacc{r}_{m}_off")
         b.comment("lane-wise: facc += float(iacc) * scale of the lane's group")
-        new = [
-            b.call(
-                self.fma,
-                [b.sitofp(iacc[m], V16F, name=f"fiacc{m}"), lane_scale, facc[m]],
-                name=f"facc{m}_next",
-            )
-            for m in range(mb)
-        ]
+        new = []
+        for r in range(nr):
+            lane_scale = self.lane_scales(t, r)
+            new.append([
+                b.call(self.fma, [b.sitofp(iacc[r][m], V16F, name=f"fiacc{r}_{m}"), lane_scale, facc[r][m]],
+                       name=f"facc{r}_{m}_next")
+                for m in range(mb)
+            ])  # fmt: skip
         t_next = b.add(t, I64(step), name="step_next")
-        for f, nf in zip(facc, new, strict=True):
+        for f, nf in zip(_flat(facc), _flat(new), strict=True):
             f.add_incoming(nf, b.block)
         t.add_incoming(t_next, b.block)
         out = fn.append_basic_block("steps_done")
@@ -218,12 +273,29 @@ class _Gen:
         b.position_at_end(out)
         return new
 
-    def lane_scales(self, k0: ir.Value) -> ir.Value:
+    def lane_offsets(self, k0: ir.Value, r: int) -> ir.Value:
+        """<16 x i32>: the offset c of each lane's group (a constant, or the stored zero points)."""
+        p, b = self.p, self.b
+        if p.c_const >= 0:
+            return ir.Constant(V16I32, [p.c_const] * 16)
+        g0 = b.sdiv(k0, I64(p.gl), name="zg0")
+        per = max(1, p.sb // p.gl)
+        vt = ir.VectorType(I8, per)
+        src = b.gep(self.zeros[r], [g0], source_etype=I8, name="z_ptr")
+        if per > 1:
+            zv = b.load(src, typ=vt, name="z_groups", align=1)
+        else:
+            zv = b.insert_element(ir.Constant(vt, None), b.load(src, typ=I8, name="z_group"), I32(0))
+        zv = b.zext(zv, ir.VectorType(I32, per), name="z_i32")
+        mask = ir.Constant(ir.VectorType(I32, 16), [lane * per // 16 for lane in range(16)])
+        return b.shuffle_vector(zv, ir.Constant(zv.type, None), mask, name="lane_zero")
+
+    def lane_scales(self, k0: ir.Value, r: int) -> ir.Value:
         """<16 x float>: lane l holds the scale of the group lane l belongs to."""
         p, b = self.p, self.b
         g0 = b.sdiv(k0, I64(p.gl), name="g0")
         per = max(1, p.sb // p.gl)  # groups inside one block
-        src = b.gep(self.scales, [g0], source_etype=self.sdt, name="s_ptr")
+        src = b.gep(self.scales[r], [g0], source_etype=self.sdt, name="s_ptr")
         vt = ir.VectorType(self.sdt, per)
         if per > 1:
             sv = b.load(src, typ=vt, name="s_groups", align=2)  # numpy only aligns the row start
@@ -234,25 +306,45 @@ class _Gen:
         mask = ir.Constant(ir.VectorType(I32, 16), [lane * per // 16 for lane in range(16)])
         return b.shuffle_vector(sv, ir.Constant(sv.type, None), mask, name="lane_scale")
 
-    def block(self, k0: ir.Value, xrow: list[ir.Value], iacc: list[ir.Value]) -> list[ir.Value]:
-        """Decode the block of weights starting at ``k0`` and add its dot products to ``iacc``."""
+    def block(self, k0: ir.Value, xrow: list[ir.Value], iacc: list[list[ir.Value]]) -> list[list[ir.Value]]:
+        """Decode the block of weights starting at ``k0`` in every row and add its dot products to
+        ``iacc[r][m]``; each activation vector is loaded once for all rows."""
         b = self.b
-        parts = self.decode(k0)
-        for j, u in enumerate(parts):
-            for m in range(len(iacc)):
+        b.comment("prefetch the codes a few blocks ahead: rows are short streams the hardware ramps up late")
+        for r in range(self.nr):
+            ahead = b.add(b.sdiv(b.mul(k0, I64(self.p.bits)), I64(8)), I64(PREFETCH_BYTES))
+            b.call(self.prefetch, [b.gep(self.codes[r], [ahead], source_etype=I8), I32(0), I32(3), I32(1)])
+        parts = [self.decode(k0, r) for r in range(self.nr)]
+        zero = ir.Constant(V16I32, None)
+        # each part's vpdpbusd starts from zero (independent: no 5-cycle chain through one
+        # accumulator); the partial sums are added pairwise afterwards (1-cycle adds)
+        sums: list[list[list[ir.Value]]] = [[[] for _ in range(self.mb)] for _ in range(self.nr)]
+        for j in range(len(parts[0])):
+            for m in range(self.mb):
                 xp = b.gep(xrow[m], [b.add(k0, I64(64 * j))], source_etype=I8)
                 xv = b.load(xp, typ=V64I8, name=f"x{m}_{j}")
                 xv.align = 1
-                iacc[m] = b.call(self.dpbusd, [iacc[m], u, xv], name=f"iacc{m}")
+                for r in range(self.nr):
+                    sums[r][m].append(b.call(self.dpbusd, [zero, parts[r][j], xv], name=f"dot{r}_{m}_{j}"))
+        for r in range(self.nr):
+            for m in range(self.mb):
+                vals = [*sums[r][m], iacc[r][m]]
+                while len(vals) > 1:
+                    vals = [
+                        b.add(vals[i], vals[i + 1]) if i + 1 < len(vals) else vals[i]
+                        for i in range(0, len(vals), 2)
+                    ]
+                iacc[r][m] = vals[0]
         return iacc
 
-    def decode(self, k0: ir.Value) -> list[ir.Value]:
-        """The block's codes as unsigned byte vectors, one per vpdpbusd."""
+    def decode(self, k0: ir.Value, r: int) -> list[ir.Value]:
+        """Row r's codes of the block as unsigned byte vectors, one per vpdpbusd."""
         p, b = self.p, self.b
+        codes = self.codes[r]
         bits, mask = p.bits, (1 << p.bits) - 1
         if p.decode == "split":
             b.comment(f"{p.sb} weights in 64 bytes; part j = (bytes >> {bits}j) & {mask}")
-            src = b.gep(self.codes, [b.sdiv(b.mul(k0, I64(bits)), I64(8))], source_etype=I8)
+            src = b.gep(codes, [b.sdiv(b.mul(k0, I64(bits)), I64(8))], source_etype=I8)
             v = b.load(src, typ=V64I8, name="packed")
             v.align = 1
             out = []
@@ -266,7 +358,7 @@ class _Gen:
         if p.decode == "gather":
             nb = 8 * bits
             b.comment(f"64 weights in {nb} bytes: weight i is bits [{bits}i, {bits}i+{bits}) of the stream")
-            src = b.gep(self.codes, [b.sdiv(b.mul(k0, I64(bits)), I64(8))], source_etype=I8)
+            src = b.gep(codes, [b.sdiv(b.mul(k0, I64(bits)), I64(8))], source_etype=I8)
             v = b.load(src, typ=ir.VectorType(I8, nb), name="packed")
             v.align = 1
             idx = []
@@ -282,58 +374,25 @@ class _Gen:
         word = b.sdiv(k0, I64(64), name="word")
         u: ir.Value = ir.Constant(V64I8, None)
         for i in range(bits):
-            wp = b.gep(self.codes, [b.add(word, I64(i * p.k // 64))], source_etype=I64)
+            wp = b.gep(codes, [b.add(word, I64(i * p.k // 64))], source_etype=I64)
             bitmask = b.bitcast(b.load(wp, typ=I64, name=f"plane{i}"), ir.VectorType(I1, 64), name=f"m{i}")
             plus = b.add(u, ir.Constant(V64I8, [1 << i] * 64))
             u = b.select(bitmask, plus, u, name=f"u_{i}")
         return [u]
 
-    def correction(self, scales: ir.Value, zeros: ir.Value, sx: ir.Value) -> list[ir.Value]:
-        """Per activation row: sum_g s_g * c_g * sx[m, g] (a scalar loop LLVM vectorises)."""
-        p, b, mb = self.p, self.b, self.mb
-        fn = b.function
-        pre = b.block
-        loop = fn.append_basic_block("corr")
-        b.branch(loop)
-        b.position_at_end(loop)
-        g = b.phi(I64, "g")
-        g.add_incoming(I64(0), pre)
-        accs = [b.phi(F32, f"corr{m}") for m in range(mb)]
-        for acc in accs:
-            acc.add_incoming(F32(0.0), pre)
-        s = b.load(b.gep(scales, [g], source_etype=self.sdt), typ=self.sdt)
-        if p.scale_f16:
-            s = b.fpext(s, F32)
-        if p.c_const >= 0:
-            c: ir.Value = F32(float(p.c_const))
-        else:
-            c = b.uitofp(b.load(b.gep(zeros, [g], source_etype=I8), typ=I8), F32)
-        sc = b.fmul(s, c, name="s_c", flags=FAST)
-        new = []
-        for m, acc in enumerate(accs):
-            xg = b.load(b.gep(sx, [b.add(b.mul(I64(m), I64(p.groups)), g)], source_etype=F32), typ=F32)
-            new.append(b.fadd(acc, b.fmul(sc, xg, flags=FAST), name=f"corr{m}_next", flags=FAST))
-        g_next = b.add(g, I64(1), name="g_next")
-        g.add_incoming(g_next, b.block)
-        for acc, nv in zip(accs, new, strict=True):
-            acc.add_incoming(nv, b.block)
-        after = fn.append_basic_block("corr_done")
-        b.cbranch(b.icmp_signed("<", g_next, I64(p.groups)), loop, after)
-        b.position_at_end(after)
-        return new
-
 
 def generate_ir(p: Plan) -> str:
     """Readable LLVM IR for the MB = 1..4 kernels of ``p``."""
     mod = ir.Module(name=f"kiln_q{p.bits}_{p.decode}")
-    gens = [_Gen(p, mb, mod) for mb in range(1, MAX_MB + 1)]
+    gens = [_Gen(p, mb, nr, mod) for mb in range(1, MAX_MB + 1) for nr in sorted({1, ROWS_PER_STEP[mb]})]
     for g in gens:
         g.build()
     head = (
         f"; kiln low-bit dot kernels: {p.bits}-bit {p.decode} decode, K={p.k}, group={p.gl}, a={p.a}, "
         f"c={'zero point' if p.c_const < 0 else p.c_const}, scales {'f16' if p.scale_f16 else 'f32'}\n"
-        "; qdot_mB(n0, n1, codes, scales, zeros, xq, x_stride, sx, xs, out, out_stride):\n"
-        ";   out[m, n] = xs[m] * (a * sum_g s[n,g] * (u[n] . xq[m])_g - sum_g s[n,g] c[n,g] sx[m,g])\n"
+        "; qdot_mB_rR(n0, n1, codes, scales, zeros, xq, x_stride, sx, xs, out, out_stride): B activation\n"
+        ";   rows, R weight rows per step ((n1 - n0) % R == 0)\n"
+        ";   out[m, n] = xs[m] * sum_g s[n,g] * (a * (u[n] . xq[m])_g - c[n,g] * xsum[m,g])\n"
     )
     return head + str(mod)
 
@@ -344,7 +403,10 @@ class Compiled:
 
     plan: Plan
     ir_text: str
-    fns: tuple[Any, ...]  # ctypes function pointers, one per block height
+    fns: tuple[Any, ...]  # ctypes function pointers, one per block height (one weight row per step)
+    addresses: tuple[
+        tuple[int, int, int], ...
+    ]  # per block height: (R, address of the R-row kernel, of the 1-row one)
     engine: llvm.ExecutionEngine
 
 
@@ -373,8 +435,13 @@ def compile_plan(p: Plan) -> Compiled:
     pb.getModulePassManager().run(mod, pb)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
-    fns = tuple(KERNEL_CTYPE(engine.get_function_address(f"qdot_m{mb}")) for mb in range(1, MAX_MB + 1))
-    return Compiled(p, text, fns, engine)
+    fns = tuple(KERNEL_CTYPE(engine.get_function_address(kernel_name(mb, 1))) for mb in range(1, MAX_MB + 1))
+    addresses = tuple(
+        (ROWS_PER_STEP[mb], engine.get_function_address(kernel_name(mb, ROWS_PER_STEP[mb])),
+         engine.get_function_address(kernel_name(mb, 1)))
+        for mb in range(1, MAX_MB + 1)
+    )  # fmt: skip
+    return Compiled(p, text, fns, addresses, engine)
 
 
 def assembly(c: Compiled) -> str:

@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see __init__.py: set before numba starts OpenMP
+if "GOMP_SPINCOUNT" not in os.environ:  # see __init__.py: set before numba starts OpenMP
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir as llir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ...ir.dtypes import Layout, QuantType, Scheme
 from ...ir.errors import BackendError
@@ -45,8 +48,8 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """NumPy statement of the int8 activation quantization: ``(xq int8[M, K], xs f32[M])``."""
     x = np.asarray(x, np.float32)
     amax = np.abs(x).max(axis=1)
-    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    xq = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
+    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    xq = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
     return xq, (amax / np.float32(127.0)).astype(np.float32)
 
 
@@ -54,23 +57,27 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _quantize_act(
     x: np.ndarray, perm: np.ndarray, gl: int, xq: np.ndarray, sx: np.ndarray, xs: np.ndarray
 ) -> None:
-    """Row-wise int8 quantization as quantize_rows, stored in the kernel's block order, with group sums."""
+    """Row-wise int8 quantization as quantize_rows, stored in the kernel's block order (``perm``
+    within each block of ``len(perm)`` weights), with the integer group sums in ``sx``."""
     m_rows, k = x.shape
     sb = perm.shape[0]
+    q = np.empty(k, np.float32)
     for m in range(m_rows):
         amax = np.float32(0.0)
         for i in range(k):
             amax = max(amax, abs(x[m, i]))
-        inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        scale = amax / np.float32(127.0) if amax > 0 else np.float32(1.0)
         xs[m] = amax / np.float32(127.0)
+        for i in range(k):  # natural order first: this loop vectorises; x / scale as the reference does
+            q[i] = min(max(np.rint(x[m, i] / scale), np.float32(-127.0)), np.float32(127.0))
         for g in range(k // gl):
-            sx[m, g] = 0.0
-        for b0 in range(0, k, sb):
+            acc = np.float32(0.0)
+            for i in range(g * gl, (g + 1) * gl):
+                acc += q[i]
+            sx[m, g] = acc
+        for b0 in range(0, k, sb):  # then the kernel's order: a gather within each block
             for p in range(sb):
-                v = np.rint(x[m, b0 + perm[p]] * inv)
-                v = min(max(v, -127.0), 127.0)
-                xq[m, b0 + p] = np.int8(v)
-                sx[m, (b0 + perm[p]) // gl] += v
+                xq[m, b0 + p] = np.int8(q[b0 + perm[p]])
 
 
 # --- the Numba kernels (no VNNI, shapes the LLVM kernels skip, and act="f32") ---------------------
@@ -116,43 +123,103 @@ def _numba_int8(xq, sx, xs, codes, bitsliced, bits, gl, scales, cvals, a, out): 
             out[m, n] = tot * xs[m]
 
 
+@njit(inline="always")
+def _unpack_row_f32(row: np.ndarray, bitsliced: bool, bits: int, k: int, u: np.ndarray) -> None:
+    """Codes of one row as float32; widths that divide 8 (packed) take a loop LLVM vectorises."""
+    if not bitsliced and 8 % bits == 0:
+        per = 8 // bits
+        mask = (1 << bits) - 1
+        for j in range(per):  # u[i*per + j] = bits [j*bits, (j+1)*bits) of byte i
+            shift = j * bits
+            for i in range(k // per):
+                u[i * per + j] = np.float32((np.int32(row[i]) >> shift) & mask)
+        return
+    ui = np.empty(k, np.int32)
+    _unpack_row(row, bitsliced, bits, k, ui)
+    for i in range(k):
+        u[i] = np.float32(ui[i])
+
+
 @njit(parallel=True, fastmath=True)
-def _numba_f32(x, codes, bitsliced, bits, gl, scales, cvals, a, out):  # type: ignore[no-untyped-def]
+def _numba_f32(x, xsum, codes, bitsliced, bits, gl, scales, cvals, a, out):  # type: ignore[no-untyped-def]
+    """One row of W at a time: codes unpacked to floats and dequantized into an L1-sized row
+    (``s * (a*u - c)``, a vectorised loop), then one BLAS dot per activation row; the dequantized
+    matrix never exists. (``xsum`` is unused here; it keeps the signature of the int8 kernels.)"""
     m_rows, k = x.shape
     for n in prange(codes.shape[0]):
-        u = np.empty(k, np.int32)
         w = np.empty(k, np.float32)
-        _unpack_row(codes[n], bitsliced, bits, k, u)
-        for i in range(k):  # dequantize the row once, reuse it for every activation row
-            g = i // gl
-            w[i] = scales[n, g] * (a * u[i] - cvals[n, g])
+        _unpack_row_f32(codes[n], bitsliced, bits, k, w)
+        for g in range(k // gl):
+            s, c = scales[n, g], cvals[n, g]
+            for i in range(g * gl, g * gl + gl):
+                w[i] = s * (a * w[i] - c)
         for m in range(m_rows):
-            acc = np.float32(0.0)
-            for i in range(k):
-                acc += x[m, i] * w[i]
-            out[m, n] = acc
+            out[m, n] = np.dot(x[m], w)
+
+
+@intrinsic
+def _call_kernel(typingctx, fptr, n0, n1, codes, scales, zeros, xq, x_stride, sx, xs, out, out_stride):  # type: ignore[no-untyped-def]
+    """Call an LLVM kernel by address: ``void(i64 x 11)``. Addresses are plain ints, so the driver
+    below compiles once for every kernel and its dispatch checks only integers."""
+    sig = types.void(*([types.int64] * 12))
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64 = llir.IntType(64)
+        fnty = llir.FunctionType(llir.VoidType(), [i64] * 11)
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(parallel=True)
-def _drive(f1, f2, f3, f4, chunk, n, m_rows, codes, scales, zeros, xq, kp, sx, groups, xs, out):  # type: ignore[no-untyped-def]
-    """Run the LLVM kernels over chunks of weight rows (threads) and blocks of 4 activation rows."""
+def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out):  # type: ignore[no-untyped-def]
+    """The int8 path in one call: quantize the activations, lay their group sums out as accumulator
+    lanes (see llvm_kernels.xsum_lanes), then run the LLVM kernels over chunks of weight rows
+    (threads) and blocks of up to 4 activation rows; ``addrs[mb - 1] = (R, R-row, 1-row kernel)``."""
+    m_rows, k = x.shape
+    n = out.shape[1]
+    groups = k // gl
+    xq = np.empty((m_rows, k), np.int8)
+    sx = np.empty((m_rows, groups), np.float32)
+    xs = np.empty(m_rows, np.float32)
+    _quantize_act(x, perm, gl, xq, sx, xs)
+    per = first.shape[0]
+    xsl = np.zeros((m_rows, steps, 16), np.int32)
+    for m in range(m_rows):
+        for t in range(steps):
+            for j in range(per):
+                xsl[m, t, first[j]] = np.int32(sx[m, t * per + j])  # exact: |sum| <= 127 K
+    lanes = steps * 16
+    codes_p, scales_p, zeros_p = codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data
+    xq_p, xsl_p, xs_p, out_p = xq.ctypes.data, xsl.ctypes.data, xs.ctypes.data, out.ctypes.data
     for c in prange((n + chunk - 1) // chunk):
         n0 = c * chunk
         n1 = min(n, n0 + chunk)
         m0 = 0
-        while m0 + 4 <= m_rows:
-            f4(n0, n1, codes, scales, zeros, xq + m0 * kp, kp, sx + 4 * m0 * groups, xs + 4 * m0,
-               out + 4 * m0 * n, n)  # fmt: skip
-            m0 += 4
-        r = m_rows - m0
-        args = (n0, n1, codes, scales, zeros, xq + m0 * kp, kp, sx + 4 * m0 * groups, xs + 4 * m0,
-                out + 4 * m0 * n, n)  # fmt: skip
-        if r == 1:
-            f1(*args)
-        elif r == 2:
-            f2(*args)
-        elif r == 3:
-            f3(*args)
+        while m0 < m_rows:
+            mb = min(4, m_rows - m0)
+            nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
+            split = n0 + (n1 - n0) // nr * nr
+            x_, xsl_, xs_, out_ = xq_p + m0 * k, xsl_p + 4 * m0 * lanes, xs_p + 4 * m0, out_p + 4 * m0 * n
+            if split > n0:
+                _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, xsl_, xs_, out_, n)  # type: ignore[call-arg]
+            if n1 > split:
+                _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, xsl_, xs_, out_, n)  # type: ignore[call-arg]
+            m0 += mb
+
+
+_run_serial = njit(parallel=False)(_run.py_func)  # the same driver on the calling thread only
+
+
+def omp_workers_sleep() -> bool:
+    """Whether numba's OpenMP workers sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE, which
+    the backend sets unless the user chose a policy). Waking them costs 50-200 us on the VMs kiln is
+    measured on, more than a GEMV of a GPT-2 weight takes on one core, so GEMVs then run serially."""
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    if spin is not None:
+        return spin.strip() == "0"
+    return os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"
 
 
 # --- the kernel object ---------------------------------------------------------------------------
@@ -183,6 +250,23 @@ class QMatmulKernel:
     threads: int | None
     plan: lk.Plan | None  # the LLVM plan, None on the Numba path
     compiled: lk.Compiled | None = field(default=None, repr=False)
+    addresses: np.ndarray = field(default_factory=lambda: np.zeros((4, 3), np.int64), repr=False)
+    _perm: np.ndarray = field(init=False, repr=False)
+    _first: np.ndarray = field(init=False, repr=False)
+    _scale_dtype: np.dtype = field(init=False, repr=False)
+    _zeros: np.ndarray = field(init=False, repr=False)
+    _workers_sleep: bool = field(default_factory=omp_workers_sleep, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.compiled is not None and self.plan is not None:
+            p = self.plan
+            self.addresses = np.array(self.compiled.addresses, np.int64)
+            perm = lk.x_permutation(p)
+            self._perm = np.array(perm if perm is not None else range(p.sb), np.int64)
+            per = max(1, p.sb // p.gl)
+            self._first = np.array([q * 16 // per for q in range(per)], np.int64)  # see xsum_lanes
+            self._scale_dtype = np.dtype(np.float16 if p.scale_f16 else np.float32)
+            self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
 
     @property
     def path(self) -> str:
@@ -221,38 +305,29 @@ class QMatmulKernel:
     def __call__(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                  out: np.ndarray) -> None:  # fmt: skip
         self.check(x, codes, scales, zeros, out)
+        run = self._run_llvm if self.compiled is not None else self._run_numba
+        if not self.threads:
+            run(np.ascontiguousarray(x), codes, scales, zeros, out)
+            return
         saved = numba.get_num_threads()
-        if self.threads:
-            limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
-            numba.set_num_threads(min(self.threads, limit))
+        numba.set_num_threads(min(self.threads, int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
         try:
-            if self.compiled is not None:
-                self._run_llvm(np.ascontiguousarray(x), codes, scales, zeros, out)
-            else:
-                self._run_numba(np.ascontiguousarray(x), codes, scales, zeros, out)
+            run(np.ascontiguousarray(x), codes, scales, zeros, out)
         finally:
             numba.set_num_threads(saved)
 
     def _run_llvm(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                   out: np.ndarray) -> None:  # fmt: skip
-        assert self.compiled is not None and self.plan is not None
+        assert self.plan is not None
         p = self.plan
-        m = x.shape[0]
-        perm = _perm_array(p)
-        xq = np.empty((m, self.k), np.int8)
-        sx = np.empty((m, p.groups), np.float32)
-        xs = np.empty(m, np.float32)
-        _quantize_act(x, perm, p.gl, xq, sx, xs)
-        codes = np.ascontiguousarray(codes)
-        scales = np.ascontiguousarray(scales, np.float16 if p.scale_f16 else np.float32)
-        zaddr = 0 if zeros is None else np.ascontiguousarray(zeros).ctypes.data
+        if scales.dtype != self._scale_dtype or not scales.flags.c_contiguous:
+            scales = np.ascontiguousarray(scales, self._scale_dtype)
         threads = numba.get_num_threads()
+        serial = threads == 1 or (x.shape[0] <= 4 and self._workers_sleep)
         chunk = max(4, min(64, -(-self.n // (8 * threads))))
-        f1, f2, f3, f4 = self.compiled.fns
-        _drive(f1, f2, f3, f4, chunk, self.n, m, codes.ctypes.data, scales.ctypes.data, zaddr,
-               xq.ctypes.data, self.k, sx.ctypes.data, p.groups, xs.ctypes.data, out.ctypes.data)  # fmt: skip
-        # keep the buffers alive until the kernels are done (the addresses above are raw)
-        del xq, sx, xs, codes, scales, zeros
+        (_run_serial if serial else _run)(x, self._perm, p.gl, p.steps, self._first, self.addresses, chunk, np.ascontiguousarray(codes),
+             scales.view(np.uint8), self._zeros if zeros is None else np.ascontiguousarray(zeros), out)  # fmt: skip
+        # (scales pass as raw bytes: Numba has no float16 arrays; the kernel reads them as half)
 
     def _run_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                    out: np.ndarray) -> None:  # fmt: skip
@@ -264,7 +339,8 @@ class QMatmulKernel:
         sliced = q.layout == Layout.BITSLICED
         rows = np.ascontiguousarray(codes).reshape(self.n, -1)
         if self.act == "f32":
-            _numba_f32(x, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
+            xsum = x.reshape(x.shape[0], k // gl, gl).sum(axis=2, dtype=np.float32)
+            _numba_f32(x, xsum, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
             return
         m = x.shape[0]
         xq = np.empty((m, k), np.int8)
@@ -272,16 +348,6 @@ class QMatmulKernel:
         xs = np.empty(m, np.float32)
         _quantize_act(x, np.arange(k, dtype=np.int64), gl, xq, sx, xs)
         _numba_int8(xq, sx, xs, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
-
-
-@cache
-def _perm_cached(p: lk.Plan) -> np.ndarray:
-    perm = lk.x_permutation(p)
-    return np.array(perm if perm is not None else range(p.sb), dtype=np.int64)
-
-
-def _perm_array(p: lk.Plan) -> np.ndarray:
-    return _perm_cached(p)
 
 
 def make_qmatmul(
@@ -319,6 +385,8 @@ def kernel_source(kern: QMatmulKernel) -> str:
     if kern.compiled is not None:
         return kern.compiled.ir_text
     fns: list[Any] = (
-        [_unpack_row, _numba_f32] if kern.act == "f32" else [_quantize_act, _unpack_row, _numba_int8]
+        [_unpack_row, _unpack_row_f32, _numba_f32]
+        if kern.act == "f32"
+        else [_quantize_act, _unpack_row, _numba_int8]
     )
     return "\n\n".join(inspect.getsource(f.py_func) for f in fns)

@@ -107,7 +107,7 @@ def test_vnni_path_and_source() -> None:
     kern = make_qmatmul(q, 512, 8, act="int8")
     assert kern.path == "llvm-vnni"
     text = kernel_source(kern)
-    assert "llvm.x86.avx512.vpdpbusd.512" in text and 'define void @"qdot_m4"' in text
+    assert "llvm.x86.avx512.vpdpbusd.512" in text and 'define void @"qdot_m4_r1"' in text
     # the same structure is compiled once and shared
     assert make_qmatmul(q, 512, 64, act="int8").compiled is kern.compiled
 

@@ -74,8 +74,24 @@ def _mlp_kir() -> tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray]
     return kiln.load(ROOT / "examples" / "ir" / "mlp.kir"), {"x": io["x"]}, None
 
 
-GOLDEN = [_onnx_fixture("gpt2"), _onnx_fixture("llama"), Golden("example-gpt-block", _gpt_block),
-          Golden("example-mlp-kir", _mlp_kir)]  # fmt: skip
+def _quantized(base: Golden, pipeline: str) -> Golden:
+    """``base`` with quantized weights: every target runs the same quantized graph, held to the
+    reference semantics of the formats (which tests/ir/test_quant.py checks by hand)."""
+
+    def load() -> tuple[kiln.Graph, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        graph, inputs, _ = base.load()
+        return kiln.PassManager.parse(pipeline).run(graph), inputs, None
+
+    return Golden(f"{base.name}-{pipeline}", load)
+
+
+GPT2 = _onnx_fixture("gpt2")
+GOLDEN = [GPT2, _onnx_fixture("llama"), Golden("example-gpt-block", _gpt_block), Golden("example-mlp-kir", _mlp_kir),
+          _quantized(GPT2, "quantize{bits=4,group=32,act=int8}"),
+          _quantized(GPT2, "quantize{bits=3,group=64,scheme=asym,act=int8,embeddings=true}"),
+          _quantized(GPT2, "quantize{bits=2,group=32,scheme=bipolar,act=int8},bitslice{layout=bitsliced}"),
+          _quantized(Golden("example-gpt-block", _gpt_block), "quantize{bits=4,group=32}"),
+          _quantized(_onnx_fixture("llama"), "quantize{bits=8,group=0,act=int8}")]  # fmt: skip
 TARGETS = [t.name for t in kiln.targets()]
 
 

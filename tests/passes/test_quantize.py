@@ -201,3 +201,22 @@ def test_jit_with_a_quantize_pipeline() -> None:
     text = jf.lower(x).compile().as_text()
     assert text.count("qmatmul(") == 2
     assert snr_db(f(x), jf(x)) > 15
+
+
+def test_bitslice_auto_follows_the_targets_measured_costs() -> None:
+    from kiln.ir.targets import get_target
+    from kiln.passes.bitslice import best_layout
+
+    tgt = get_target("numba-cpu")
+    for kind, rows in (("gemv", 1), ("gemm", 16)):
+        for bits in (1, 2, 3, 4, 8):
+            costs = {lay: c for lay, k, b, c in tgt.qkernel_cost if k == kind and b == bits}
+            want = Layout(min(costs, key=costs.__getitem__))
+            assert best_layout(tgt, QuantType(bits, group=64), 128, rows) == want
+    b = GraphBuilder("three_bit")
+    x = b.input("x", TensorType(f32, (1, 128)))
+    b.output("y", b.op("matmul", x, b.constant(RNG.standard_normal((128, 64)).astype(np.float32), "w")))
+    s = run(run(b.build(), "quantize{bits=3,group=64}"), "bitslice")
+    assert {t.layout for t in quantized_weights(s).values()} == {
+        best_layout(tgt, QuantType(3, group=64), 128, 1)
+    }

@@ -1,0 +1,322 @@
+"""Low-bit matmuls on CPU: kiln numba-cpu at 8..1 bits against NumPy float32 and onnxruntime, side by side.
+
+Part 1, kernels: ``y = x @ W`` with W 4096x4096 (group 128) for 1 (GEMV), 16 and 128 activation
+rows: NumPy float32; onnxruntime MatMulNBits 4-bit (block 32 and 128, accuracy_level 0 and 4) and
+2-bit (block 128, accuracy_level 4); onnxruntime's dynamically int8-quantized MatMul
+(``quantize_dynamic``: DynamicQuantizeLinear + MatMulInteger); kiln at 8, 4, 3, 2 and 1 bits in
+the packed and the bit-sliced layout with int8 activations, and 4-bit with float32 activations.
+Weights are hot (the same W every call). It prints microseconds, GB/s of weight bytes (codes and
+scales) and each time over onnxruntime's fastest 4-bit configuration.
+
+Part 2, a GPT-2-small decode step through all 12 layers (KV cache 128): NumPy, onnxruntime
+float32 (kiln's traced graph exported with kiln.to_onnx, all graph optimisations), kiln numba-cpu
+float32, and kiln numba-cpu with 4-bit and 2-bit weights (quantize{...,act=int8},default). It
+prints milliseconds, weight bytes and the effective weight bandwidth next to the machine's memory
+bandwidth measured in the same run.
+
+Threads: ``--threads`` (default 2) for every system; the variables are set before NumPy, numba or
+onnxruntime load. Run: ``python benchmarks/lowbit.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _set_threads(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--threads", type=int, default=2)
+    n = int(p.parse_known_args(argv)[0].threads)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n
+
+
+if __name__ == "__main__":
+    _set_threads(sys.argv[1:])
+
+import importlib.util  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import kiln  # noqa: E402
+from kiln.backends.numba_cpu.qkernels import make_qmatmul  # noqa: E402
+from kiln.ir.dtypes import Layout, QuantType, Scheme  # noqa: E402
+from kiln.ir.quant import pack  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_us(fn: Callable[[], object], budget_s: float, min_calls: int = 5) -> float:
+    """Median microseconds per call after warm-up, over about ``budget_s`` seconds of calls."""
+    t0 = time.perf_counter()
+    for _ in range(3):
+        fn()
+    est = max((time.perf_counter() - t0) / 3, 1e-7)
+    times = []
+    for _ in range(max(min_calls, min(20_000, int(budget_s / est)))):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e6)
+
+
+def pause() -> None:
+    time.sleep(0.3)  # idle thread pools (OpenBLAS, OpenMP, onnxruntime) stop spinning
+
+
+def memory_bandwidth(threads: int) -> tuple[float, float]:
+    """GB/s of a parallel read of 16 MiB (cache-resident here) and of 512 MiB (memory)."""
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def total(a: np.ndarray, parts: int) -> int:
+        step = a.shape[0] // parts
+        acc = np.zeros(parts, np.int64)
+        for c in prange(parts):
+            s = 0
+            for i in range(c * step, (c + 1) * step):
+                s += a[i]
+            acc[c] = s
+        return int(acc.sum())
+
+    out = []
+    for mib in (16, 512):
+        a = np.ones(mib << 17, np.uint64)
+        t = median_us(lambda a=a: total(a, 8 * threads), 0.5)
+        out.append(a.nbytes / t / 1e3)
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# part 1: kernels
+
+
+def ort_session(model: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def ort_matmulnbits(
+    u: np.ndarray, scales: np.ndarray, bits: int, block: int, level: int, threads: int
+) -> Any:
+    import onnx
+    from onnx import TensorProto, helper
+
+    n, k = u.shape
+    codes = pack(QuantType(bits, Scheme.SYM, block), u).reshape(n, k // block, block * bits // 8)
+    node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft", K=k, N=n,
+                            bits=bits, block_size=block, accuracy_level=level)  # fmt: skip
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+        initializer=[onnx.numpy_helper.from_array(codes, "B"),
+                     onnx.numpy_helper.from_array(scales.astype(np.float32).reshape(-1), "S")],
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    )
+    return ort_session(model, threads)
+
+
+def ort_int8_dynamic(w: np.ndarray, threads: int, tmp: str) -> Any:
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantType as OrtQuantType
+    from onnxruntime.quantization import quantize_dynamic
+
+    k, n = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "W"], ["Y"])], "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+        initializer=[onnx.numpy_helper.from_array(w, "W")],
+    )  # fmt: skip
+    src, dst = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "int8.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), src)
+    quantize_dynamic(src, dst, weight_type=OrtQuantType.QInt8)
+    return ort_session(onnx.load(dst), threads)
+
+
+def kernels(threads: int, quick: bool, tmp: str) -> None:
+    k = n = 2048 if quick else 4096
+    rows = [1, 16] if quick else [1, 16, 128]
+    budget = 0.3 if quick else 1.5
+    rng = np.random.default_rng(0)
+    xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in rows}
+    w = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
+    table: list[tuple[str, float, dict[int, float]]] = []  # (name, weight bytes, us per M)
+
+    def add(name: str, nbytes: float, run: Callable[[np.ndarray], object]) -> None:
+        table.append((name, nbytes, {m: median_us(lambda m=m: run(xs[m]), budget) for m in rows}))
+        pause()
+
+    add("numpy float32", w.nbytes, lambda x: x @ w)
+    u4 = rng.integers(1, 16, (n, k), dtype=np.uint8)
+    for bits, block, level in ((4, 32, 0), (4, 32, 4), (4, 128, 0), (4, 128, 4), (2, 128, 4)):
+        u = u4 if bits == 4 else rng.integers(0, 4, (n, k), dtype=np.uint8)
+        scales = (rng.random((n, k // block)) * 0.01 + 0.001).astype(np.float32)
+        sess = ort_matmulnbits(u, scales, bits, block, level, threads)
+        add(f"onnxruntime MatMulNBits {bits}-bit b{block} acc{level}", u.size * bits / 8 + scales.nbytes / 2,
+            lambda x, s=sess: s.run(None, {"A": x}))  # fmt: skip
+    sess8 = ort_int8_dynamic(w, threads, tmp)
+    add("onnxruntime int8 dynamic (MatMulInteger)", w.size, lambda x: sess8.run(None, {"A": x}))
+    for bits in (8, 4, 3, 2, 1):
+        u = rng.integers(0, 2**bits, (n, k), dtype=np.uint8)
+        scheme = Scheme.SYM if bits > 1 else Scheme.BIPOLAR
+        for layout in (Layout.PACKED, Layout.BITSLICED):
+            q = QuantType(bits, scheme, 128, layout=layout)
+            codes = pack(q, u)
+            scales = (rng.random((n, k // 128)) * 0.01 + 0.001).astype(np.float16)
+            kern = make_qmatmul(q, k, n, act="int8", threads=threads)
+            outs = {m: np.empty((m, n), np.float32) for m in rows}
+            add(f"kiln {bits}-bit {layout} (int8 act, {kern.path})", codes.nbytes + scales.nbytes,
+                lambda x, kern=kern, codes=codes, scales=scales, outs=outs:
+                kern(x, codes, scales, None, outs[x.shape[0]]))  # fmt: skip
+    q4 = QuantType(4, Scheme.SYM, 128)
+    c4, s4 = pack(q4, u4), (rng.random((n, k // 128)) * 0.01).astype(np.float16)
+    kf = make_qmatmul(q4, k, n, act="f32", threads=threads)
+    outs = {m: np.empty((m, n), np.float32) for m in rows}
+    add(f"kiln 4-bit packed (f32 act, {kf.path})", c4.nbytes + s4.nbytes,
+        lambda x: kf(x, c4, s4, None, outs[x.shape[0]]))  # fmt: skip
+
+    ort4 = [t for t in table if t[0].startswith("onnxruntime MatMulNBits 4-bit")]
+    best = {m: min(t[2][m] for t in ort4) for m in rows}
+    print(f"\n== kernels: y = x @ W, W {k}x{n}, group/block 128 unless named; {threads} threads; median us")
+    head = "".join(f"{'M=' + str(m):>10}" for m in rows)
+    print(f"{'system':<58}{head}{'GB/s M=1':>10}" + "".join(f"{'/ORT4 M=' + str(m):>12}" for m in rows))
+    for name, nbytes, us in table:
+        cols = "".join(f"{us[m]:>10.1f}" for m in rows)
+        ratios = "".join(f"{us[m] / best[m]:>12.2f}" for m in rows)
+        print(f"{name:<58}{cols}{nbytes / us[1] / 1e3:>10.1f}{ratios}")
+    print(
+        "/ORT4: time over onnxruntime's fastest 4-bit MatMulNBits configuration at that M (lower is faster)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# part 2: GPT-2-small decode, 12 layers
+
+
+def load_transformer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "kiln_example_transformer", ROOT / "examples" / "transformer.py"
+    )
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def decode(threads: int, quick: bool, tmp: str) -> None:
+    import onnxruntime as ort
+
+    T = load_transformer()  # noqa: N806
+    cfg = T.Config(d_model=256, n_heads=4, d_ff=1024, n_layers=2) if quick else T.Config()
+    layers = T.init_layers(cfg)
+    rng = np.random.default_rng(1)
+    kv = 16 if quick else 128
+    x = rng.standard_normal((1, cfg.d_model)).astype(np.float32)
+    pk = (rng.standard_normal((cfg.n_layers, cfg.n_heads, kv, cfg.head_dim)) * 0.5).astype(np.float32)
+    pv = (rng.standard_normal((cfg.n_layers, cfg.n_heads, kv, cfg.head_dim)) * 0.5).astype(np.float32)
+    args = (x, pk, pv)
+    want = T.numpy_decode_body(cfg, layers, *args)
+    budget = 0.5 if quick else 3.0
+    wbytes = sum(p[k].nbytes for p in layers for k in ("w_qkv", "w_o", "w_fc", "w_proj"))
+    rows: list[tuple[str, float, float, str]] = []  # name, ms, weight bytes, note
+
+    def err(got: Any) -> str:
+        y = np.asarray(got[0] if isinstance(got, tuple | list) else got)
+        rel = float(np.linalg.norm(y - want[0]) / np.linalg.norm(want[0]))
+        return f"rel. err of y {rel:.1e}"
+
+    rows.append(("numpy float32", median_us(lambda: T.numpy_decode_body(cfg, layers, *args), budget) / 1e3,
+                 wbytes, ""))  # fmt: skip
+    pause()
+    body = T.make_decode_body(cfg, layers, target="numba-cpu")
+    graph = body.lower(*args).graph
+    path = os.path.join(tmp, "decode.onnx")
+    kiln.to_onnx(graph, path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feeds = dict(zip(graph.input_names, args, strict=True))
+    rows.append(("onnxruntime float32", median_us(lambda: sess.run(None, feeds), budget) / 1e3, wbytes,
+                 err(sess.run(None, feeds))))  # fmt: skip
+    pause()
+    body(*args)
+    rows.append(
+        ("kiln numba-cpu float32", median_us(lambda: body(*args), budget) / 1e3, wbytes, err(body(*args)))
+    )
+    pause()
+    for bits in (4, 2):
+        pipe = f"quantize{{bits={bits},group=128,act=int8}},default"
+        qbody = T.make_decode_body(cfg, layers, target="numba-cpu", pipeline=pipe)
+        t0 = time.perf_counter()
+        got = qbody(*args)
+        setup = time.perf_counter() - t0
+        exe = qbody.lower(*args).compile(target="numba-cpu", pipeline=pipe)
+        qbytes = sum(
+            exe.graph.constants[n.operands[i].name].nbytes  # type: ignore[index]
+            for n in exe.graph.nodes if n.op == "qmatmul" for i in range(1, len(n.operands))
+        )  # fmt: skip
+        ms = median_us(lambda q=qbody: q(*args), budget) / 1e3
+        rows.append(
+            (
+                f"kiln numba-cpu {bits}-bit (int8 act)",
+                ms,
+                qbytes,
+                f"{err(got)}; quantize+compile {setup:.1f} s",
+            )
+        )
+        pause()
+    l3, dram = memory_bandwidth(threads)
+    ort_ms = rows[1][1]
+    title = f"{cfg.n_layers}-layer GPT-2{'' if not quick else '-tiny'} decode step, KV cache {kv}"
+    print(f"\n== {title}; {threads} threads; median ms")
+    print(
+        f"memory read bandwidth in this run: {l3:.1f} GB/s (16 MiB, cache-resident), {dram:.1f} GB/s (512 MiB)"
+    )
+    print(f"{'system':<34}{'ms':>9}{'/ORT f32':>10}{'weight MB':>11}{'weight GB/s':>13}  note")
+    for name, ms, nbytes, note in rows:
+        print(
+            f"{name:<34}{ms:>9.3f}{ms / ort_ms:>10.2f}{nbytes / 1e6:>11.1f}{nbytes / ms / 1e6:>13.1f}  {note}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
+    ap.add_argument("--quick", action="store_true", help="small sizes and short timing (smoke test)")
+    ap.add_argument("--part", choices=("kernels", "decode", "all"), default="all")
+    args = ap.parse_args()
+    import numba
+    import onnxruntime
+
+    print(f"lowbit: {args.threads} threads; numpy {np.__version__}, numba {numba.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("kernels", "all"):
+            kernels(args.threads, args.quick, tmp)
+        if args.part in ("decode", "all"):
+            decode(args.threads, args.quick, tmp)
+
+
+if __name__ == "__main__":
+    main()
