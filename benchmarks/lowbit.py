@@ -299,11 +299,28 @@ def decode(threads: int, quick: bool, tmp: str) -> None:
         )
 
 
+def accuracy(quick: bool) -> None:
+    """Weight SNR of plain round-to-nearest against kiln's clipping search (+ scale refit), Gaussian W."""
+    from kiln.ir.quant import quantize, snr_db
+
+    k = 512 if quick else 2048
+    w = np.random.default_rng(2).standard_normal((k, 1024)).astype(np.float32)
+    print(f"\n== accuracy: SNR dB of the dequantized weight, Gaussian W {k}x1024 (higher is better)")
+    print(f"{'format':<26}{'round-to-nearest':>18}{'kiln (clip search)':>20}")
+    for bits, scheme, group in ((4, Scheme.SYM, 128), (4, Scheme.SYM, 32), (4, Scheme.ASYM, 128), (4, Scheme.ASYM, 32),
+                                (3, Scheme.SYM, 128), (2, Scheme.ASYM, 32), (1, Scheme.BIPOLAR, 32), (8, Scheme.SYM, 128)):  # fmt: skip
+        q = QuantType(bits, scheme, group)
+        rtn = quantize(w, q, clip_search=0, refit=False)
+        best = quantize(w, q)
+        name = f"{bits}-bit {scheme} g{group}"
+        print(f"{name:<26}{snr_db(w, rtn.dequantize()):>18.2f}{snr_db(w, best.dequantize()):>20.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     ap.add_argument("--quick", action="store_true", help="small sizes and short timing (smoke test)")
-    ap.add_argument("--part", choices=("kernels", "decode", "all"), default="all")
+    ap.add_argument("--part", choices=("kernels", "decode", "accuracy", "all"), default="all")
     args = ap.parse_args()
     import numba
     import onnxruntime
@@ -316,6 +333,8 @@ def main() -> None:
             kernels(args.threads, args.quick, tmp)
         if args.part in ("decode", "all"):
             decode(args.threads, args.quick, tmp)
+        if args.part in ("accuracy", "all"):
+            accuracy(args.quick)
 
 
 if __name__ == "__main__":

@@ -237,12 +237,15 @@ def quantize(
     name: str = "weight",
     clip_search: int = 10,
     min_ratio: float = 0.5,
+    refit: bool = True,
 ) -> QuantizedWeight:
     """Quantize ``w: [K, N]`` (``y = x @ w``) to ``q``, deterministically.
 
     Round-to-nearest per group; with ``clip_search > 0`` each group also tries shrinking its range
     by ``clip_search`` ratios down to ``min_ratio`` and keeps the one with the least squared error
-    (ratio 1.0, plain round-to-nearest, is always a candidate, so the search never does worse).
+    (ratio 1.0, plain round-to-nearest, is always a candidate, so the search never does worse);
+    ``refit`` then moves each group's scale to the least-squares optimum for its codes.
+    ``clip_search=0, refit=False`` is plain round-to-nearest.
     """
     q.verify()
     w = np.asarray(w)
@@ -268,7 +271,8 @@ def quantize(
         best_s = np.where(better, s, best_s)
         if z is not None and best_z is not None:
             best_z = np.where(better, z, best_z)
-    best_s = _refit_scales(q, wg, best_u, best_s, best_z)
+    if refit:
+        best_s = _refit_scales(q, wg, best_u, best_s, best_z)
     codes = pack(q, best_u.reshape(n, k).astype(np.uint8))
     scales = best_s.astype(q.scale_dtype.np_dtype)
     zeros = None if best_z is None else best_z.astype(np.uint8)

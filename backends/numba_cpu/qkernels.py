@@ -125,26 +125,35 @@ def _numba_int8(xq, sx, xs, codes, bitsliced, bits, gl, scales, cvals, a, out): 
 
 @njit(inline="always")
 def _unpack_row_f32(row: np.ndarray, bitsliced: bool, bits: int, k: int, u: np.ndarray) -> None:
-    """Codes of one row as float32; widths that divide 8 (packed) take a loop LLVM vectorises."""
-    if not bitsliced and 8 % bits == 0:
-        per = 8 // bits
-        mask = (1 << bits) - 1
-        for j in range(per):  # u[i*per + j] = bits [j*bits, (j+1)*bits) of byte i
-            shift = j * bits
-            for i in range(k // per):
-                u[i * per + j] = np.float32((np.int32(row[i]) >> shift) & mask)
-        return
-    ui = np.empty(k, np.int32)
-    _unpack_row(row, bitsliced, bits, k, ui)
-    for i in range(k):
-        u[i] = np.float32(ui[i])
+    """Codes of one row as float32. The common packed widths get loops with literal shifts, which
+    LLVM vectorises; the rest go through the generic bit-stream decoder."""
+    if not bitsliced and bits == 8:
+        for i in range(k):
+            u[i] = np.float32(row[i])
+    elif not bitsliced and bits == 4:
+        for i in range(k // 2):
+            b = np.int32(row[i])
+            u[2 * i] = np.float32(b & 15)
+            u[2 * i + 1] = np.float32(b >> 4)
+    elif not bitsliced and bits == 2:
+        for i in range(k // 4):
+            b = np.int32(row[i])
+            u[4 * i] = np.float32(b & 3)
+            u[4 * i + 1] = np.float32((b >> 2) & 3)
+            u[4 * i + 2] = np.float32((b >> 4) & 3)
+            u[4 * i + 3] = np.float32(b >> 6)
+    else:
+        ui = np.empty(k, np.int32)
+        _unpack_row(row, bitsliced, bits, k, ui)
+        for i in range(k):
+            u[i] = np.float32(ui[i])
 
 
-@njit(parallel=True, fastmath=True)
+@njit(parallel=True, fastmath=True, error_model="numpy")
 def _numba_f32(x, xsum, codes, bitsliced, bits, gl, scales, cvals, a, out):  # type: ignore[no-untyped-def]
     """One row of W at a time: codes unpacked to floats and dequantized into an L1-sized row
-    (``s * (a*u - c)``, a vectorised loop), then one BLAS dot per activation row; the dequantized
-    matrix never exists. (``xsum`` is unused here; it keeps the signature of the int8 kernels.)"""
+    (``s * (a*u - c)``, a vectorised loop), then one dot product per activation row; the
+    dequantized matrix never exists. (``xsum`` is unused here; it keeps the signature of the int8 kernels.)"""
     m_rows, k = x.shape
     for n in prange(codes.shape[0]):
         w = np.empty(k, np.float32)
@@ -154,7 +163,11 @@ def _numba_f32(x, xsum, codes, bitsliced, bits, gl, scales, cvals, a, out):  # t
             for i in range(g * gl, g * gl + gl):
                 w[i] = s * (a * w[i] - c)
         for m in range(m_rows):
-            out[m, n] = np.dot(x[m], w)
+            xm = x[m]
+            acc = np.float32(0.0)
+            for i in range(k):  # a contiguous fastmath reduction: vectorised (a BLAS call per row is slower)
+                acc += xm[i] * w[i]
+            out[m, n] = acc
 
 
 @intrinsic
