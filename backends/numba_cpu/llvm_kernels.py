@@ -61,6 +61,7 @@ class Plan:
     a: int  # 1, or 2 for bipolar
     c_const: int  # the constant offset c, or -1 when c is the stored zero point (asym)
     scale_f16: bool  # scales stored as float16 (else float32)
+    act: str = "int8"  # "int8": vpdpbusd on quantized activations; "f32": dequantize in register + FMA
 
     @property
     def sb(self) -> int:
@@ -80,9 +81,15 @@ class Plan:
     def row_bytes(self) -> int:
         return self.k * self.bits // 8
 
+    @property
+    def chunk_span(self) -> int:
+        """Weights (in natural order) that one 16-byte chunk of a decoded part draws from: the
+        ``split`` decoder interleaves ``8/bits`` weights per byte, the others keep the order."""
+        return 16 * (8 // self.bits) if self.decode == "split" else 16
+
 
 def plan_for(
-    bits: int, bitsliced: bool, k: int, gl: int, a: int, c_const: int, scale_f16: bool
+    bits: int, bitsliced: bool, k: int, gl: int, a: int, c_const: int, scale_f16: bool, act: str = "int8"
 ) -> Plan | None:
     """The plan for this weight structure, or None when these kernels do not cover it."""
     if bitsliced:
@@ -91,8 +98,10 @@ def plan_for(
         decode = "split"
     else:
         decode = "gather"
-    p = Plan(bits, decode, k, gl, a, c_const, scale_f16)
+    p = Plan(bits, decode, k, gl, a, c_const, scale_f16, act)
     sb = p.sb
+    if act == "f32":  # every 16-weight chunk must lie in one group
+        return p if k % sb == 0 and gl % p.chunk_span == 0 else None
     # a group must be whole lanes of a block, or whole blocks
     if k % sb or (gl % sb and (sb % gl or (16 * gl) % sb)):
         return None
@@ -127,6 +136,11 @@ def _flat(rows: list[list[ir.Value]]) -> list[ir.Value]:
     return [v for row in rows for v in row]
 
 
+def _splat(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    vec = b.insert_element(ir.Constant(V16F, None), v, I32(0))
+    return b.shuffle_vector(vec, ir.Constant(V16F, None), ir.Constant(ir.VectorType(I32, 16), [0] * 16))
+
+
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
     fn = module.globals.get(name)
     if isinstance(fn, ir.Function):
@@ -158,9 +172,11 @@ class _Gen:
             nm: b.inttoptr(a[nm + "_addr"], PTR, name=nm)
             for nm in ("codes", "scales", "zeros", "xq", "xsum", "xs", "out")
         }
-        # per activation row m of the block: its int8 row, group sums and scale
+        # per activation row m of the block: its int8 (or float) row, group sums and scale
+        xet = F32 if p.act == "f32" else I8
         xrow = [
-            b.gep(ptr["xq"], [b.mul(a["x_stride"], I64(m))], source_etype=I8, name=f"x{m}") for m in range(mb)
+            b.gep(ptr["xq"], [b.mul(a["x_stride"], I64(m))], source_etype=xet, name=f"x{m}")
+            for m in range(mb)
         ]
         # the group sums of each activation row, laid out as accumulator lanes (see xsum_lanes)
         self.xsum = [
@@ -190,13 +206,14 @@ class _Gen:
             self.zeros.append(
                 b.gep(ptr["zeros"], [b.mul(nr_, I64(p.groups))], source_etype=I8, name=f"zeros{r}")
             )
-        facc = self.block_loops(xrow)
-        b.comment("y = xs * sum over lanes of facc")
+        facc = self.f32_loops(xrow) if p.act == "f32" else self.block_loops(xrow)
+        b.comment("y = xs * sum over lanes of facc (f32 activations: the sum itself)")
         for r in range(nr):
             for m in range(mb):
-                dot = b.call(self.rsum, [F32(0.0), facc[r][m]], name=f"dot{r}_{m}", fastmath=FAST)
-                xs = b.load(b.gep(ptr["xs"], [I64(m)], source_etype=F32), typ=F32, name=f"xs{m}")
-                y = b.fmul(dot, xs, name=f"y{r}_{m}")
+                y = b.call(self.rsum, [F32(0.0), facc[r][m]], name=f"dot{r}_{m}", fastmath=FAST)
+                if p.act != "f32":
+                    xs = b.load(b.gep(ptr["xs"], [I64(m)], source_etype=F32), typ=F32, name=f"xs{m}")
+                    y = b.fmul(y, xs, name=f"y{r}_{m}")
                 orow = b.add(b.mul(a["out_stride"], I64(m)), b.add(n, I64(r)))
                 b.store(y, b.gep(ptr["out"], [orow], source_etype=F32))
         n_next = b.add(n, I64(nr), name="n_next")
@@ -204,6 +221,53 @@ class _Gen:
         b.cbranch(b.icmp_signed("<", n_next, a["n1"]), rows_loop, done)
         b.position_at_end(done)
         b.ret_void()
+
+    def f32_loops(self, xrow: list[ir.Value]) -> list[list[ir.Value]]:
+        """Float activations: each 16-weight chunk is decoded, dequantized in registers
+        (``w = u * (a*s) - c*s``, one FMA) and multiplied into lane-wise float sums (another FMA)."""
+        p, b, mb, nr = self.p, self.b, self.mb, self.nr
+        fn = b.function
+        pre = b.block
+        head = fn.append_basic_block("block")
+        b.branch(head)
+        b.position_at_end(head)
+        t = b.phi(I64, "block_k0")
+        t.add_incoming(I64(0), pre)
+        facc = [[b.phi(V16F, f"facc{r}_{m}") for m in range(mb)] for r in range(nr)]
+        for f in _flat(facc):
+            f.add_incoming(ir.Constant(V16F, None), pre)
+        v16i8 = ir.VectorType(I8, 16)
+        acc = [[f for f in row] for row in facc]
+        for r in range(nr):
+            parts = self.decode(t, r)
+            for j, part in enumerate(parts):
+                for q in range(4):
+                    g = b.sdiv(b.add(t, I64(q * p.chunk_span)), I64(p.gl), name="g")
+                    sv = b.load(b.gep(self.scales[r], [g], source_etype=self.sdt), typ=self.sdt, name="s")
+                    s32 = b.fpext(sv, F32) if p.scale_f16 else sv
+                    if p.c_const >= 0:
+                        c32: ir.Value = F32(float(p.c_const))
+                    else:
+                        c32 = b.uitofp(b.load(b.gep(self.zeros[r], [g], source_etype=I8), typ=I8), F32)
+                    mul = b.fmul(s32, F32(float(p.a)), name="as")
+                    add = b.fneg(b.fmul(s32, c32), name="neg_cs")
+                    chunk = b.shuffle_vector(part, ir.Constant(part.type, None),
+                                             ir.Constant(ir.VectorType(I32, 16), list(range(16 * q, 16 * q + 16))))  # fmt: skip
+                    assert chunk.type == v16i8
+                    uf = b.uitofp(b.zext(chunk, V16I32), V16F, name=f"u{j}_{q}")
+                    w = b.call(self.fma, [uf, _splat(b, mul), _splat(b, add)], name=f"w{r}_{j}_{q}")
+                    for m in range(mb):
+                        xp = b.gep(xrow[m], [b.add(t, I64(64 * j + 16 * q))], source_etype=F32)
+                        xv = b.load(xp, typ=V16F, name=f"x{m}_{j}_{q}", align=4)
+                        acc[r][m] = b.call(self.fma, [w, xv, acc[r][m]], name=f"facc{r}_{m}_next")
+        t_next = b.add(t, I64(p.sb), name="block_next")
+        for f, nf in zip(_flat(facc), _flat(acc), strict=True):
+            f.add_incoming(nf, b.block)
+        t.add_incoming(t_next, b.block)
+        out = fn.append_basic_block("blocks_done")
+        b.cbranch(b.icmp_signed("<", t_next, I64(p.k)), head, out)
+        b.position_at_end(out)
+        return acc
 
     def block_loops(self, xrow: list[ir.Value]) -> list[list[ir.Value]]:
         """Loop over scale steps (a group, or a block holding several groups); lane-wise float sums
@@ -388,7 +452,7 @@ def generate_ir(p: Plan) -> str:
     for g in gens:
         g.build()
     head = (
-        f"; kiln low-bit dot kernels: {p.bits}-bit {p.decode} decode, K={p.k}, group={p.gl}, a={p.a}, "
+        f"; kiln low-bit dot kernels ({p.act} activations): {p.bits}-bit {p.decode} decode, K={p.k}, group={p.gl}, a={p.a}, "
         f"c={'zero point' if p.c_const < 0 else p.c_const}, scales {'f16' if p.scale_f16 else 'f32'}\n"
         "; qdot_mB_rR(n0, n1, codes, scales, zeros, xq, x_stride, sx, xs, out, out_stride): B activation\n"
         ";   rows, R weight rows per step ((n1 - n0) % R == 0)\n"

@@ -225,6 +225,39 @@ def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out):  #
 _run_serial = njit(parallel=False)(_run.py_func)  # the same driver on the calling thread only
 
 
+@njit(parallel=True)
+def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out):  # type: ignore[no-untyped-def]
+    """The float-activation LLVM kernels: x copied into the kernels' block order, then the same
+    chunked loop as ``_run`` (no activation quantization, no group sums)."""
+    m_rows, k = x.shape
+    n = out.shape[1]
+    sb = perm.shape[0]
+    xp = np.empty((m_rows, k), np.float32)
+    for m in range(m_rows):
+        for b0 in range(0, k, sb):
+            for p in range(sb):
+                xp[m, b0 + p] = x[m, b0 + perm[p]]
+    codes_p, scales_p, zeros_p = codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data
+    xp_p, out_p = xp.ctypes.data, out.ctypes.data
+    for c in prange((n + chunk - 1) // chunk):
+        n0 = c * chunk
+        n1 = min(n, n0 + chunk)
+        m0 = 0
+        while m0 < m_rows:
+            mb = min(4, m_rows - m0)
+            nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
+            split = n0 + (n1 - n0) // nr * nr
+            x_, out_ = xp_p + 4 * m0 * k, out_p + 4 * m0 * n
+            if split > n0:
+                _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, 0, 0, out_, n)  # type: ignore[call-arg]
+            if n1 > split:
+                _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, 0, 0, out_, n)  # type: ignore[call-arg]
+            m0 += mb
+
+
+_run_f32_serial = njit(parallel=False)(_run_f32.py_func)
+
+
 def omp_workers_sleep() -> bool:
     """Whether numba's OpenMP workers sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE, which
     the backend sets unless the user chose a policy). Waking them costs 50-200 us on the VMs kiln is
@@ -283,7 +316,9 @@ class QMatmulKernel:
 
     @property
     def path(self) -> str:
-        return "llvm-vnni" if self.compiled is not None else f"numba-{self.act}"
+        if self.compiled is None:
+            return f"numba-{self.act}"
+        return "llvm-vnni" if self.act == "int8" else "llvm-f32"
 
     def check(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
               out: np.ndarray) -> None:  # fmt: skip
@@ -338,9 +373,27 @@ class QMatmulKernel:
         threads = numba.get_num_threads()
         serial = threads == 1 or (x.shape[0] <= 4 and self._workers_sleep)
         chunk = max(4, min(64, -(-self.n // (8 * threads))))
-        (_run_serial if serial else _run)(x, self._perm, p.gl, p.steps, self._first, self.addresses, chunk, np.ascontiguousarray(codes),
-             scales.view(np.uint8), self._zeros if zeros is None else np.ascontiguousarray(zeros), out)  # fmt: skip
-        # (scales pass as raw bytes: Numba has no float16 arrays; the kernel reads them as half)
+        codes = np.ascontiguousarray(codes)
+        zeros_arg = self._zeros if zeros is None else np.ascontiguousarray(zeros)
+        raw_scales = scales.view(np.uint8)  # Numba has no float16 arrays; the kernel reads them as half
+        if p.act == "f32":
+            run_f32 = _run_f32_serial if serial else _run_f32
+            run_f32(x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out)
+            return
+        run = _run_serial if serial else _run
+        run(
+            x,
+            self._perm,
+            p.gl,
+            p.steps,
+            self._first,
+            self.addresses,
+            chunk,
+            codes,
+            raw_scales,
+            zeros_arg,
+            out,
+        )
 
     def _run_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                    out: np.ndarray) -> None:  # fmt: skip
@@ -386,10 +439,10 @@ def make_qmatmul(
         raise BackendError(f"qmatmul: threads must be >= 1, got {threads}")
     use_vnni = lk.host_has_vnni() if vnni is None else vnni and lk.host_has_vnni()
     plan = None
-    if act == "int8" and use_vnni:
+    if use_vnni:
         a, c = _offsets(q)
         scale_f16 = q.scale_dtype.np_dtype == np.float16
-        plan = lk.plan_for(q.bits, q.layout == Layout.BITSLICED, k, group_len(q, k), a, c, scale_f16)
+        plan = lk.plan_for(q.bits, q.layout == Layout.BITSLICED, k, group_len(q, k), a, c, scale_f16, act)
     return QMatmulKernel(q, k, n, act, threads, plan, _compiled(plan) if plan is not None else None)
 
 
