@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import sys
 import typing
 import zipfile
@@ -117,7 +118,11 @@ def cmd_passes(args: argparse.Namespace) -> int:
         print(f"{name:<16} {cls.summary}")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            t = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            hint = hints[f.name]
+            if isinstance(hint, type) and issubclass(hint, enum.Enum):  # show the choices, not a repr
+                print(f"    {f.name}: {' | '.join(str(m.value) for m in hint)} = {f.default.value}")  # type: ignore[attr-defined]
+                continue
+            t = getattr(hint, "__name__", str(hint))
             print(f"    {f.name}: {t} = {f.default!r}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
     return 0

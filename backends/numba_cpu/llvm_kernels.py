@@ -379,26 +379,15 @@ class _Gen:
             ahead = b.add(b.sdiv(b.mul(k0, I64(self.p.bits)), I64(8)), I64(PREFETCH_BYTES))
             b.call(self.prefetch, [b.gep(self.codes[r], [ahead], source_etype=I8), I32(0), I32(3), I32(1)])
         parts = [self.decode(k0, r) for r in range(self.nr)]
-        zero = ir.Constant(V16I32, None)
-        # each part's vpdpbusd starts from zero (independent: no 5-cycle chain through one
-        # accumulator); the partial sums are added pairwise afterwards (1-cycle adds)
-        sums: list[list[list[ir.Value]]] = [[[] for _ in range(self.mb)] for _ in range(self.nr)]
         for j in range(len(parts[0])):
             for m in range(self.mb):
                 xp = b.gep(xrow[m], [b.add(k0, I64(64 * j))], source_etype=I8)
                 xv = b.load(xp, typ=V64I8, name=f"x{m}_{j}")
                 xv.align = 1
                 for r in range(self.nr):
-                    sums[r][m].append(b.call(self.dpbusd, [zero, parts[r][j], xv], name=f"dot{r}_{m}_{j}"))
-        for r in range(self.nr):
-            for m in range(self.mb):
-                vals = [*sums[r][m], iacc[r][m]]
-                while len(vals) > 1:
-                    vals = [
-                        b.add(vals[i], vals[i + 1]) if i + 1 < len(vals) else vals[i]
-                        for i in range(0, len(vals), 2)
-                    ]
-                iacc[r][m] = vals[0]
+                    # chained through one accumulator: the independent rows (and blocks, out of
+                    # order) hide the latency, and there are no partial sums to add up
+                    iacc[r][m] = b.call(self.dpbusd, [iacc[r][m], parts[r][j], xv], name=f"iacc{r}_{m}")
         return iacc
 
     def decode(self, k0: ir.Value, r: int) -> list[ir.Value]:
