@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiln.backends.numba_cpu import llvm_kernels
-from kiln.backends.numba_cpu.qkernels import kernel_source, make_qmatmul, quantize_rows
+from kiln.backends.numba_cpu.qkernels import kernel_source, make_qmatmul, omp_workers_sleep, quantize_rows
 from kiln.ir.dtypes import Layout, QuantType, Scheme
 from kiln.ir.errors import BackendError
 from kiln.ir.quant import QuantizedWeight, dequantize, quantize
@@ -134,3 +134,23 @@ def test_bad_inputs_raise_backend_error() -> None:
         make_qmatmul(QuantType(4, Scheme.SYM, 48), 128, 8)
     with pytest.raises(BackendError, match="act"):
         make_qmatmul(q, 128, 8, act="int4")
+
+
+@pytest.mark.parametrize(
+    ("env", "sleeps"),
+    [
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, True),
+        ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "10000"}, False),  # a spin count wins
+        ({"GOMP_SPINCOUNT": "0"}, True),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, False),
+        ({}, False),
+    ],
+)
+def test_gemv_threading_follows_the_openmp_wait_policy(
+    env: dict[str, str], sleeps: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, val in env.items():
+        monkeypatch.setenv(var, val)
+    assert omp_workers_sleep() is sleeps
