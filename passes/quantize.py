@@ -19,7 +19,7 @@ import numpy as np
 
 from ..ir.core import Graph, Node, Value
 from ..ir.dtypes import DType, Layout, QuantType, Scheme, parse_dtype
-from ..ir.errors import PipelineError
+from ..ir.errors import PipelineError, VerifyError
 from ..ir.interpret import interpret
 from ..ir.ops.quant import Act
 from ..ir.quant import QuantizedWeight, quantize, snr_db
@@ -88,7 +88,11 @@ class _Site:
 
 @dataclass(frozen=True)
 class Quantize(Pass):
-    """Rewrite matmuls with constant weights (and gathers from constant tables) to quantized ops."""
+    """Rewrite matmuls with constant weights (and gathers from constant tables) to quantized ops.
+
+    1-bit weights have no symmetric integer level but zero, so ``bits=1`` with the default
+    ``scheme=sym`` quantizes as ``bipolar`` (+-s); the report and the IR show the scheme used.
+    """
 
     name = "quantize"
     summary = (
@@ -119,7 +123,7 @@ class Quantize(Pass):
         q = QuantType(bits, scheme, self.group, sd, Layout.PACKED)
         try:
             q.verify()
-        except Exception as e:
+        except VerifyError as e:
             raise PipelineError(f"quantize: {e}") from None
         return q
 

@@ -4,7 +4,10 @@ For each (batch*head, block of 16 queries) task: scores for a block of 64 keys a
 ``S[a, b] += q[a, d] * kT[d, b]`` (K transposed into a small block, so the inner loop runs over keys
 and vectorises), the running max and sum are rescaled once per block, and ``P @ V`` accumulates into
 the output rows. No Sq x Sk matrix exists; the scratch per task is a 16x64 score tile, a 64xD key
-tile and a 16xDv accumulator. Causal masking skips whole key blocks past the diagonal.
+tile and a 16xDv accumulator. Causal masking skips whole key blocks past the diagonal. A single
+query (decoding) takes a direct path: scores as a matrix-vector product over K's rows (no
+transposed tile), one softmax, then ``p @ V``. (With one query, causal masking allows every key:
+the query is the last position.)
 """
 
 from __future__ import annotations
@@ -39,6 +42,32 @@ def _attention(q, k, v, bias, out, scale, causal):  # type: ignore[no-untyped-de
     dv = v.shape[2]
     nqb = (sq + BQ - 1) // BQ
     neg_inf = np.float32(-np.inf)
+    if sq == 1:  # decoding: one query per head, so scores are a matrix-vector product over K's rows
+        for n in prange(n_batch):
+            kend = sk
+            sc = np.empty(sk, np.float32)
+            mx = neg_inf
+            for b in range(kend):
+                x = np.float32(0.0)
+                for e in range(d):
+                    x += q[n, 0, e] * k[n, b, e]
+                x = x * scale + bias[n, 0, b]
+                sc[b] = x
+                mx = max(mx, x)
+            total = np.float32(0.0)
+            for b in range(kend):
+                p = fexp(sc[b] - mx)
+                sc[b] = p
+                total += p
+            inv = np.float32(1.0) / total
+            o = np.zeros(dv, np.float32)  # a local accumulator: no aliasing with v, so it vectorises
+            for b in range(kend):
+                p = sc[b] * inv
+                for e in range(dv):
+                    o[e] += p * v[n, b, e]
+            for e in range(dv):
+                out[n, 0, e] = o[e]
+        return
     for task in prange(n_batch * nqb):
         n = task // nqb
         q0 = (task % nqb) * BQ

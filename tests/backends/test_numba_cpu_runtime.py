@@ -78,6 +78,7 @@ ATTENTION_CASES = {
     "noncausal-long-keys-bias-sk": ((2, 2), 70, 70, 8, 8, False, "sk"),
     "decode-sq1": ((1, 4), 1, 37, 16, 16, False, "sqsk"),
     "decode-sq1-causal": ((1, 4), 1, 37, 16, 16, True, "none"),
+    "decode-sq1-masked": ((2,), 1, 150, 8, 8, False, "masked_row"),  # the single-query path, no keys
     "causal-sk>sq-ragged-full-bias": ((2, 2), 17, 130, 8, 12, True, "full"),
     "causal-sq>sk-empty-rows": ((1, 2), 33, 20, 8, 8, True, "none"),
     "fully-masked-row": ((2, 1), 18, 70, 4, 4, False, "masked_row"),
@@ -92,7 +93,7 @@ def test_attention_kernel(case: str, cache: Path) -> None:
     exe = compile_and_check(graph, inputs, cache, pipeline="")
     assert exe.graph.op_counts().get("attention") == 1
     out = exe.run(inputs)["o"]
-    if case in ("fully-masked-row", "causal-sq>sk-empty-rows"):
+    if case in ("fully-masked-row", "causal-sq>sk-empty-rows", "decode-sq1-masked"):
         assert np.isnan(out).any()  # as the reference: softmax over no keys
     else:
         assert np.isfinite(out).all()

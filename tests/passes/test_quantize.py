@@ -15,7 +15,7 @@ import kiln
 from kiln import ops
 from kiln.ir.builder import GraphBuilder
 from kiln.ir.core import Graph
-from kiln.ir.dtypes import Layout, QuantType, f32, i64
+from kiln.ir.dtypes import Layout, QuantType, Scheme, f32, i64
 from kiln.ir.errors import PipelineError
 from kiln.ir.interpret import interpret
 from kiln.ir.quant import dequantize, snr_db
@@ -220,3 +220,11 @@ def test_bitslice_auto_follows_the_targets_measured_costs() -> None:
     assert {t.layout for t in quantized_weights(s).values()} == {
         best_layout(tgt, QuantType(3, group=64), 128, 1)
     }
+
+
+def test_one_bit_with_the_default_scheme_is_bipolar() -> None:
+    q = run(mlp(), "quantize{bits=1,group=64}")
+    assert {t.scheme for t in quantized_weights(q).values()} == {Scheme.BIPOLAR}
+    ids = np.array([1, 2, 3, 4])
+    want = np.maximum(EMB[ids] @ dequantized(q, "layers.0.fc1"), 0) @ dequantized(q, "layers.0.fc2")
+    np.testing.assert_allclose(interpret(q, {"ids": ids})["y"], want, rtol=1e-4, atol=1e-4)
