@@ -2,7 +2,9 @@
 
 Values are planned in execution order: a value's buffer is taken (best fit) from the blocks freed
 by values whose last use has passed, or a new block is allocated. Views (reshapes, transposes,
-slices) share their source's block, so the source lives as long as its last view is used.
+slices) share their source's block, so the source lives as long as its last view is used; a value
+written straight into a slice of a later value (a concat's operand) is an alias of that value too,
+and the block is taken when the first of them is defined.
 """
 
 from __future__ import annotations
@@ -44,11 +46,20 @@ def plan_buffers(
     for i, (defs, uses) in enumerate(steps):
         for v in [*defs, *uses]:
             last[root(v)] = i
+    # a block is taken when the first value that lives in it is defined: usually its root, but a
+    # value planned into a slice of a later result (a concat's operand) comes first
+    first: dict[K, int] = {}
+    for i, (defs, _uses) in enumerate(steps):
+        for v in defs:
+            first.setdefault(root(v), i)
+    by_step: dict[int, list[K]] = {}
+    for r, i in first.items():
+        by_step.setdefault(i, []).append(r)
     plan: MemoryPlan[K] = MemoryPlan()
     kept = {root(v) for v in pinned}  # an output that is a view keeps the block it views
     free: list[int] = []
-    for i, (defs, _uses) in enumerate(steps):
-        for v in defs:
+    for i, (_defs, _uses) in enumerate(steps):
+        for v in by_step.get(i, []):
             if v in alias or v not in nbytes:
                 continue
             need = nbytes[v]

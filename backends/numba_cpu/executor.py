@@ -84,6 +84,7 @@ class Executor:
         self.elementwise = elementwise_ops(ctx)
         self.sources: list[str] = []
         self._mm_values: dict[Node, Value] = {}
+        self._in_place: dict[Node, set[int]] = {}  # concat -> operands planned inside its buffer
         self.slot: dict[Value, int] = {}
         for v in graph.inputs:
             self.slot_of(v)
@@ -141,6 +142,8 @@ class Executor:
                     nbytes[d] = _bytes(d)
             steps.append((defs, list(n.operands)))
         outputs = {v for _, v in self.graph.outputs}
+        slices = self._concat_destinations(alias, nbytes, outputs)
+        alias.update({p: c for p, (c, _) in slices.items()})
         mp = plan_buffers(steps, nbytes, alias, pinned=outputs)
         self.peak_bytes = mp.peak_bytes
         blocks = [np.empty(max(s, 1), np.uint8) for s in mp.sizes]
@@ -149,7 +152,45 @@ class Executor:
             t = v.tensor_type
             dt = t.scalar_dtype.np_dtype
             buffers[v] = blocks[b][: _bytes(v)].view(dt).reshape(t.static_shape)
+        for v in slices:  # a concat operand planned in place: its bytes of the concat's buffer
+            off, root = 0, v
+            while root in slices:
+                root, o = slices[root]
+                off += o
+            t = v.tensor_type
+            block = blocks[mp.block_of[root]]
+            buffers[v] = block[off : off + _bytes(v)].view(t.scalar_dtype.np_dtype).reshape(t.static_shape)
         return buffers
+
+    def _concat_destinations(
+        self, alias: dict[Value, Value], nbytes: dict[Value, int], outputs: set[Value]
+    ) -> dict[Value, tuple[Value, int]]:
+        """Concat results that feed (through reshapes only) another concat whose slice for them is
+        contiguous (every dim before its axis is 1: a stack of per-layer KV caches) are planned
+        inside that slice, so the outer concat copies nothing for them: ``{inner: (outer, byte
+        offset)}``. Only concats qualify as inner values: their lowering always writes its buffer."""
+        producer = self.graph.producers()
+        out: dict[Value, tuple[Value, int]] = {}
+        for n in self.graph.nodes:
+            if n.op != "concat" or n.result not in nbytes:
+                continue
+            axis = n.attrs.axis  # type: ignore[attr-defined]
+            if int(np.prod(n.result.tensor_type.static_shape[:axis])) != 1:
+                continue
+            off, seen = 0, set()
+            for x in n.operands:
+                v = x
+                while v in producer and producer[v].op in ("reshape", "squeeze", "unsqueeze"):
+                    v = producer[v].operands[0]
+                p = producer.get(v)
+                ok = (p is not None and p.op == "concat" and v in nbytes and v not in outputs and v not in out
+                      and v not in seen and v is not n.result and _bytes(v) == _bytes(x))  # fmt: skip
+                if ok:
+                    out[v] = (n.result, off)
+                    self._in_place.setdefault(n, set()).add(n.operands.index(x))
+                seen.add(v)
+                off += _bytes(x)
+        return out
 
     def _leading_matmul(self, n: Node) -> Node | None:
         first = next((m for m in n.attrs.body.nodes if m.op != "constant"), None)  # type: ignore[attr-defined]
@@ -194,11 +235,30 @@ class Executor:
         if op == "concat":
             buf = self.buffers[n.results[0]]
             axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]
+            in_place = self._in_place.get(n, set())
+            if not in_place:
 
-            def concat(env: list[Any]) -> None:
-                env[o] = np.concatenate([env[i] for i in ins], axis=axis, out=buf)
+                def concat(env: list[Any]) -> None:
+                    env[o] = np.concatenate([env[i] for i in ins], axis=axis, out=buf)
 
-            return concat
+                return concat
+            bounds = np.cumsum([0, *(v.tensor_type.static_shape[axis] for v in n.operands)])
+            parts = [
+                buf[(slice(None),) * axis + (slice(int(lo), int(hi)),)]
+                for lo, hi in itertools.pairwise(bounds)
+            ]
+            copies = [(ins[k], parts[k]) for k in range(len(ins)) if k not in in_place]
+            checks = [(ins[k], parts[k], parts[k].ctypes.data) for k in sorted(in_place)]
+
+            def concat_in_place(env: list[Any]) -> None:
+                for i, part, addr in checks:  # planned in place: copy only if the data is elsewhere
+                    if env[i].ctypes.data != addr:
+                        part[...] = env[i]
+                for i, part in copies:
+                    part[...] = env[i]
+                env[o] = buf
+
+            return concat_in_place
         if op == "gather":
             buf = self.buffers[n.results[0]]
             axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]

@@ -357,3 +357,26 @@ def test_jit_numba_cpu_and_stats(cache: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fast(x)  # no warning on a second call
+
+
+@pytest.mark.parametrize("inner_is_output", [False, True])
+def test_stacked_concats_are_planned_in_place(inner_is_output: bool, cache: Path) -> None:
+    """Per-layer KV caches (concat of past and new) stacked by an outer concat: each inner concat
+    writes straight into its slice of the stack, unless it is itself a graph output."""
+    b = GraphBuilder("kv")
+    pasts = [b.input(f"p{i}", TensorType(f32, (4, 5, 3))) for i in range(3)]
+    new = b.input("new", TensorType(f32, (4, 1, 3)))
+    inner = [b.op("concat", p, new, axis=1) for p in pasts]  # [4, 6, 3] each
+    stacked = b.op("concat", *(b.op("unsqueeze", c, axes=(0,)) for c in inner), axis=0)
+    b.output("stack", stacked)
+    b.output("sum", b.op("reduce_sum", inner[1], axes=(2,)))  # another reader of an inner concat
+    if inner_is_output:
+        b.output("inner0", inner[0])
+    graph = b.build()
+    inputs = {f"p{i}": uniform((4, 5, 3), seed=i) for i in range(3)} | {"new": uniform((4, 1, 3), seed=9)}
+    exe = compile_and_check(graph, inputs, cache, pipeline="")
+    ex = exe._fn.executor  # type: ignore[attr-defined]
+    (planned,) = ex._in_place.values()
+    assert planned == ({1, 2} if inner_is_output else {0, 1, 2})
+    for _ in range(2):  # buffers are reused across calls
+        assert_matches_reference(exe.run(inputs), graph, inputs)
