@@ -210,17 +210,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     bind = " ".join(args.dim or ()) if not args.file.endswith(".onnx") else ""
     prep = (f'infer-shapes{{bind="{bind}"}},' if bind else "") + "canonicalize,constant-fold,cse,dce"
     graph = PassManager.parse(prep, ctx=ctx).run(graph)  # binds .kir dims; folds transposed weights
-    options = {
-        "bits": args.bits, "group": args.group, "scheme": args.scheme, "act": args.act, "skip": args.skip or "",
-        "embeddings": args.embeddings, "calibration": args.calibration or "", "scale_dtype": args.scale_dtype,
-    }  # fmt: skip
     from .ir.dtypes import Scheme
     from .ir.ops.quant import Act
 
     try:
-        options["scheme"], options["act"] = Scheme(args.scheme), Act(args.act)
+        scheme, act = Scheme(args.scheme), Act(args.act)
     except ValueError as e:
         raise KilnError(f"kiln quantize: {e}") from None
+    options = {
+        "bits": args.bits, "group": args.group, "scheme": scheme, "act": act, "skip": args.skip or "",
+        "embeddings": args.embeddings, "calibration": args.calibration or "", "scale_dtype": args.scale_dtype,
+    }  # fmt: skip
     qgraph, layers = quantize_model(graph, ctx, **options)
     if args.layout != "packed":
         qgraph = PassManager.parse(f"bitslice{{layout={args.layout}}}", ctx=ctx).run(qgraph)

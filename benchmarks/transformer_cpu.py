@@ -38,8 +38,7 @@ def set_thread_env(n: int) -> None:
     """Thread settings for every library; must run before any of them is imported."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
-    if os.environ.get("KILN_BENCH_OMP") != "kiln":  # the kiln backend's own default otherwise
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     keep = [
         f
         for f in os.environ.get("XLA_FLAGS", "").split()

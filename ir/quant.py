@@ -97,15 +97,33 @@ def scales_shape(q: QuantType, k: int, n: int) -> tuple[int, int]:
     return (n, n_groups(q, k))
 
 
-def offsets(q: QuantType, zeros: np.ndarray | None, n: int, g: int) -> tuple[int, np.ndarray]:
-    """``(a, c)`` of the dequantization ``s * (a*u - c)``; ``c`` broadcast to ``[N, G]``."""
+def affine(q: QuantType) -> tuple[int, int | None]:
+    """``(a, c)`` of the dequantization ``s * (a*u - c)`` (the table above); ``c`` is None for
+    ``asym``, whose offset is the stored zero point."""
     if q.scheme == Scheme.SYM:
-        return 1, np.full((n, g), 2 ** (q.bits - 1), np.int32)
+        return 1, 2 ** (q.bits - 1)
     if q.scheme == Scheme.ASYM:
-        if zeros is None:
-            raise QuantizeError("asymmetric quantization needs zero points")
-        return 1, zeros.astype(np.int32)
-    return 2, np.full((n, g), 2**q.bits - 1, np.int32)
+        return 1, None
+    return 2, 2**q.bits - 1
+
+
+def offsets(q: QuantType, zeros: np.ndarray | None, n: int, g: int) -> tuple[int, np.ndarray]:
+    """``(a, c)`` with ``c`` broadcast to ``[N, G]``."""
+    a, c = affine(q)
+    if c is not None:
+        return a, np.full((n, g), c, np.int32)
+    if zeros is None:
+        raise QuantizeError("asymmetric quantization needs zero points")
+    return a, zeros.astype(np.int32)
+
+
+def _offset_of(q: QuantType, z: np.ndarray | None) -> tuple[int, np.ndarray | float]:
+    """``(a, c)`` for groups laid out ``[N, G, L]``: c broadcast over L (zero points, or a constant)."""
+    a, c = affine(q)
+    if c is None:
+        assert z is not None
+        return a, z[:, :, None]
+    return a, float(c)
 
 
 # --- storage: codes [N, K] <-> packed / bit-sliced ---------------------------------------------
@@ -197,14 +215,7 @@ def _candidate(
 
 
 def _error(q: QuantType, wg: np.ndarray, u: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
-    a = 2 if q.scheme == Scheme.BIPOLAR else 1
-    if q.scheme == Scheme.SYM:
-        c: np.ndarray | float = float(2 ** (q.bits - 1))
-    elif q.scheme == Scheme.ASYM:
-        assert z is not None
-        c = z[:, :, None]
-    else:
-        c = float(2**q.bits - 1)
+    a, c = _offset_of(q, z)
     deq = s[:, :, None] * (a * u - c)
     return np.square(deq - wg).sum(axis=2)
 
@@ -217,12 +228,7 @@ def _refit_scales(
     For fixed codes this minimises the squared error, so it only ever improves on the search; a
     refit that the scale dtype's rounding makes worse is not taken.
     """
-    a = 2 if q.scheme == Scheme.BIPOLAR else 1
-    c = (
-        z[:, :, None]
-        if z is not None
-        else float(2 ** (q.bits - 1) if q.scheme == Scheme.SYM else 2**q.bits - 1)
-    )
+    a, c = _offset_of(q, z)
     lv = a * u - c
     den = np.square(lv).sum(axis=2)
     fit = _round_scales(q, np.where(den > 0, (wg * lv).sum(axis=2) / np.where(den > 0, den, 1.0), s))

@@ -133,13 +133,12 @@ class Quantize(Pass):
         if choice.fixed and not 1 <= choice.fixed <= 8:
             raise PipelineError(f"quantize bits={choice.fixed}: kiln quantizes to 1..8 bits")
         sites = self._sites(graph, ctx)
-        measured: dict[str, dict[int, float]] = {}
-        widths = self._choose(sites, choice, measured)
-        reports: list[LayerReport] = []
+        trials: dict[tuple[str, int], QuantizedWeight] = {}  # (weight, bits): each quantized once
+        widths = self._choose(sites, choice, trials)
         done: dict[str, tuple[QuantizedWeight, LayerReport]] = {}
         for s in sites:
             if s.name not in done:
-                done[s.name] = self._quantize_site(s, widths[s.name], measured.get(s.name, {}))
+                done[s.name] = self._quantize_site(s, widths[s.name], trials)
         by_node = {s.node: s for s in sites}
         reports = [r for _, r in done.values()]
         users = graph.users()
@@ -189,10 +188,6 @@ class Quantize(Pass):
                 continue
             if not t.dtype.is_float or w.size < self.min_size or self._skipped(name, node.loc):
                 continue
-            if is_mm and not (
-                isinstance(node.operands[0].type, TensorType) and node.operands[0].type.rank >= 1
-            ):
-                continue
             found.append(
                 (
                     node,
@@ -229,19 +224,20 @@ class Quantize(Pass):
     # --- how many bits ---------------------------------------------------------------------
 
     def _quantize_site(
-        self, s: _Site, bits: int, measured: dict[int, float]
+        self, s: _Site, bits: int, trials: dict[tuple[str, int], QuantizedWeight]
     ) -> tuple[QuantizedWeight, LayerReport]:
-        qw = quantize(s.w, self.qtype(bits), name=s.name, clip_search=self.clip_search)
+        qw = self._try(s, bits, trials)
         snr, rel = _output_error(s, qw)
         k, n = s.w.shape
-        by_bits = {b: -10 * float(np.log10(e)) if e > 0 else float("inf") for b, e in measured.items()}
+        by_bits = {b: _output_error(s, q)[0] for (nm, b), q in trials.items() if nm == s.name}
         rep = LayerReport(s.name, s.kind, k, n, bits, qw.nbytes, s.w.size * 4, snr, rel, by_bits)
         return qw, rep
 
     def _choose(
-        self, sites: list[_Site], choice: BitsChoice, measured: dict[str, dict[int, float]]
+        self, sites: list[_Site], choice: BitsChoice, trials: dict[tuple[str, int], QuantizedWeight]
     ) -> dict[str, int]:
-        """Each weight's width; for bits=auto also fills ``measured`` (relative output noise power)."""
+        """Each weight's width; bits=auto quantizes every weight at every candidate width (kept in
+        ``trials``) and compares the relative output noise power."""
         names = list(dict.fromkeys(s.name for s in sites))
         if choice.fixed:
             return dict.fromkeys(names, choice.fixed)
@@ -253,9 +249,9 @@ class Quantize(Pass):
             raise PipelineError(f"quantize choices={self.choices!r}: widths must be 1..8")
         first = {s.name: s for s in sites}
         err = {
-            nm: {b: _output_error(first[nm], self._try(first[nm], b))[1] ** 2 for b in widths} for nm in names
+            nm: {b: _output_error(first[nm], self._try(first[nm], b, trials))[1] ** 2 for b in widths}
+            for nm in names
         }
-        measured.update(err)
         if choice.snr:
             floor = 10 ** (-choice.snr / 10)  # relative noise power
             return {nm: next((b for b in widths if err[nm][b] <= floor), widths[-1]) for nm in names}
@@ -286,8 +282,10 @@ class Quantize(Pass):
             used += (nb - pick[nm]) * size[nm]
             pick[nm] = nb
 
-    def _try(self, s: _Site, bits: int) -> QuantizedWeight:
-        return quantize(s.w, self.qtype(bits), name=s.name, clip_search=self.clip_search)
+    def _try(self, s: _Site, bits: int, trials: dict[tuple[str, int], QuantizedWeight]) -> QuantizedWeight:
+        if (s.name, bits) not in trials:
+            trials[s.name, bits] = quantize(s.w, self.qtype(bits), name=s.name, clip_search=self.clip_search)
+        return trials[s.name, bits]
 
 
 def _gaussian(name: str, k: int, rows: int = 32) -> np.ndarray:

@@ -21,14 +21,12 @@ lane-wise (one convert and one FMA per group) and the horizontal sum happens onc
 
 from __future__ import annotations
 
-import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
-import numpy as np
 
 I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F16, F32, PTR = ir.HalfType(), ir.FloatType(), ir.PointerType()
@@ -37,11 +35,11 @@ FAST = ("fast",)
 MAX_MB = 4
 # weight rows per loop iteration for each activation-block height: a GEMV (mb = 1) works on four
 # rows at once so that four independent vpdpbusd/FMA chains hide their latency and share x loads
+Widen = Callable[[ir.Value, int], ir.Value]  # (a <per x T> vector, per) -> its 32-bit widening
 ROWS_PER_STEP = {1: 4, 2: 2, 3: 1, 4: 1}
 PREFETCH_BYTES = 2048  # how far ahead of the decoder the codes are prefetched (per row)
 
 # void kernel(n0, n1, codes, scales, zeros, xq, x_stride, xsum, xs, out, out_stride): all i64
-KERNEL_CTYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 11))
 
 
 def host_has_vnni() -> bool:
@@ -78,6 +76,14 @@ class Plan:
         return self.k // max(self.gl, self.sb)
 
     @property
+    def first_lanes(self) -> list[int]:
+        """The accumulator lane that holds each group's activation sum within a step: lane l of a
+        step belongs to group ``l * per // 16`` (per = groups per block); the other lanes hold 0,
+        so the kernel's offset correction is one integer multiply-subtract per step."""
+        per = max(1, self.sb // self.gl)
+        return [q * 16 // per for q in range(per)]
+
+    @property
     def row_bytes(self) -> int:
         return self.k * self.bits // 8
 
@@ -106,18 +112,6 @@ def plan_for(
     if k % sb or (gl % sb and (sb % gl or (16 * gl) % sb)):
         return None
     return p
-
-
-def xsum_lanes(p: Plan, group_sums: np.ndarray) -> np.ndarray:
-    """``int32[M, steps, 16]``: each group's activation sum in the first accumulator lane of the
-    group (lane l of a step holds group ``l * per // 16``; other lanes 0), so that the kernel's
-    offset correction is one integer multiply-subtract per step."""
-    m = group_sums.shape[0]
-    out = np.zeros((m, p.steps, 16), np.int32)
-    per = max(1, p.sb // p.gl)
-    first = [q * 16 // per for q in range(per)]
-    out[:, :, first] = group_sums.reshape(m, p.steps, per)
-    return out
 
 
 def x_permutation(p: Plan) -> list[int] | None:
@@ -178,7 +172,7 @@ class _Gen:
             b.gep(ptr["xq"], [b.mul(a["x_stride"], I64(m))], source_etype=xet, name=f"x{m}")
             for m in range(mb)
         ]
-        # the group sums of each activation row, laid out as accumulator lanes (see xsum_lanes)
+        # the group sums of each activation row, laid out as accumulator lanes (see Plan.first_lanes)
         self.xsum = [
             b.gep(ptr["xsum"], [I64(m * p.steps * 16)], source_etype=I32, name=f"xsum{m}") for m in range(mb)
         ]
@@ -339,36 +333,36 @@ class _Gen:
 
     def lane_offsets(self, k0: ir.Value, r: int) -> ir.Value:
         """<16 x i32>: the offset c of each lane's group (a constant, or the stored zero points)."""
-        p, b = self.p, self.b
-        if p.c_const >= 0:
-            return ir.Constant(V16I32, [p.c_const] * 16)
-        g0 = b.sdiv(k0, I64(p.gl), name="zg0")
-        per = max(1, p.sb // p.gl)
-        vt = ir.VectorType(I8, per)
-        src = b.gep(self.zeros[r], [g0], source_etype=I8, name="z_ptr")
-        if per > 1:
-            zv = b.load(src, typ=vt, name="z_groups", align=1)
-        else:
-            zv = b.insert_element(ir.Constant(vt, None), b.load(src, typ=I8, name="z_group"), I32(0))
-        zv = b.zext(zv, ir.VectorType(I32, per), name="z_i32")
-        mask = ir.Constant(ir.VectorType(I32, 16), [lane * per // 16 for lane in range(16)])
-        return b.shuffle_vector(zv, ir.Constant(zv.type, None), mask, name="lane_zero")
+        if self.p.c_const >= 0:
+            return ir.Constant(V16I32, [self.p.c_const] * 16)
+        return self.per_lane(
+            self.zeros[r], I8, 1, k0, lambda v, t: self.b.zext(v, ir.VectorType(I32, t)), "zero"
+        )
 
     def lane_scales(self, k0: ir.Value, r: int) -> ir.Value:
         """<16 x float>: lane l holds the scale of the group lane l belongs to."""
+        widen = (
+            (lambda v, t: self.b.fpext(v, ir.VectorType(F32, t))) if self.p.scale_f16 else (lambda v, t: v)
+        )
+        return self.per_lane(self.scales[r], self.sdt, 2 if self.p.scale_f16 else 4, k0, widen, "scale")
+
+    def per_lane(
+        self, row: ir.Value, etype: ir.Type, align: int, k0: ir.Value, widen: Widen, what: str
+    ) -> ir.Value:
+        """A per-group value of the step starting at ``k0`` (``row[g]``, the groups of one block
+        loaded together), widened to 32 bits and spread so that lane l holds its group's value."""
         p, b = self.p, self.b
-        g0 = b.sdiv(k0, I64(p.gl), name="g0")
+        g0 = b.sdiv(k0, I64(p.gl), name=f"{what}_g0")
         per = max(1, p.sb // p.gl)  # groups inside one block
-        src = b.gep(self.scales[r], [g0], source_etype=self.sdt, name="s_ptr")
-        vt = ir.VectorType(self.sdt, per)
-        if per > 1:
-            sv = b.load(src, typ=vt, name="s_groups", align=2)  # numpy only aligns the row start
+        src = b.gep(row, [g0], source_etype=etype, name=f"{what}_ptr")
+        vt = ir.VectorType(etype, per)
+        if per > 1:  # NumPy aligns only the row start: load at element alignment
+            v = b.load(src, typ=vt, name=f"{what}_groups", align=align)
         else:
-            sv = b.insert_element(ir.Constant(vt, None), b.load(src, typ=self.sdt, name="s_group"), I32(0))
-        if p.scale_f16:
-            sv = b.fpext(sv, ir.VectorType(F32, per), name="s_f32")
+            v = b.insert_element(ir.Constant(vt, None), b.load(src, typ=etype, name=f"{what}_group"), I32(0))
+        v = widen(v, per)
         mask = ir.Constant(ir.VectorType(I32, 16), [lane * per // 16 for lane in range(16)])
-        return b.shuffle_vector(sv, ir.Constant(sv.type, None), mask, name="lane_scale")
+        return b.shuffle_vector(v, ir.Constant(v.type, None), mask, name=f"lane_{what}")
 
     def block(self, k0: ir.Value, xrow: list[ir.Value], iacc: list[list[ir.Value]]) -> list[list[ir.Value]]:
         """Decode the block of weights starting at ``k0`` in every row and add its dot products to
@@ -456,7 +450,6 @@ class Compiled:
 
     plan: Plan
     ir_text: str
-    fns: tuple[Any, ...]  # ctypes function pointers, one per block height (one weight row per step)
     addresses: tuple[
         tuple[int, int, int], ...
     ]  # per block height: (R, address of the R-row kernel, of the 1-row one)
@@ -488,15 +481,9 @@ def compile_plan(p: Plan) -> Compiled:
     pb.getModulePassManager().run(mod, pb)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
-    fns = tuple(KERNEL_CTYPE(engine.get_function_address(kernel_name(mb, 1))) for mb in range(1, MAX_MB + 1))
     addresses = tuple(
         (ROWS_PER_STEP[mb], engine.get_function_address(kernel_name(mb, ROWS_PER_STEP[mb])),
          engine.get_function_address(kernel_name(mb, 1)))
         for mb in range(1, MAX_MB + 1)
     )  # fmt: skip
-    return Compiled(p, text, fns, addresses, engine)
-
-
-def assembly(c: Compiled) -> str:
-    """The machine code of a compiled plan, as assembly text."""
-    return _target_machine().emit_assembly(llvm.parse_assembly(c.ir_text))
+    return Compiled(p, text, addresses, engine)

@@ -35,7 +35,7 @@ from numba.extending import intrinsic
 
 from ...ir.dtypes import Layout, QuantType, Scheme
 from ...ir.errors import BackendError
-from ...ir.quant import codes_dtype, codes_shape, group_len, n_groups
+from ...ir.quant import affine, codes_dtype, codes_shape, group_len, n_groups
 from . import llvm_kernels as lk
 
 ACTS = ("f32", "int8")
@@ -44,20 +44,11 @@ ACTS = ("f32", "int8")
 # --- activation quantization (shared by the LLVM and the Numba int8 paths) ------------------------
 
 
-def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy statement of the int8 activation quantization: ``(xq int8[M, K], xs f32[M])``."""
-    x = np.asarray(x, np.float32)
-    amax = np.abs(x).max(axis=1)
-    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    xq = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
-    return xq, (amax / np.float32(127.0)).astype(np.float32)
-
-
 @njit(cache=False)
 def _quantize_act(
     x: np.ndarray, perm: np.ndarray, gl: int, xq: np.ndarray, sx: np.ndarray, xs: np.ndarray
 ) -> None:
-    """Row-wise int8 quantization as quantize_rows, stored in the kernel's block order (``perm``
+    """Row-wise int8 quantization as ``ir.ops.quant.quantize_rows_int8``, stored in the kernel's block order (``perm``
     within each block of ``len(perm)`` weights), with the integer group sums in ``sx``."""
     m_rows, k = x.shape
     sb = perm.shape[0]
@@ -125,35 +116,18 @@ def _numba_int8(xq, sx, xs, codes, bitsliced, bits, gl, scales, cvals, a, out): 
 
 @njit(inline="always")
 def _unpack_row_f32(row: np.ndarray, bitsliced: bool, bits: int, k: int, u: np.ndarray) -> None:
-    """Codes of one row as float32. The common packed widths get loops with literal shifts, which
-    LLVM vectorises; the rest go through the generic bit-stream decoder."""
-    if not bitsliced and bits == 8:
-        for i in range(k):
-            u[i] = np.float32(row[i])
-    elif not bitsliced and bits == 4:
-        for i in range(k // 2):
-            b = np.int32(row[i])
-            u[2 * i] = np.float32(b & 15)
-            u[2 * i + 1] = np.float32(b >> 4)
-    elif not bitsliced and bits == 2:
-        for i in range(k // 4):
-            b = np.int32(row[i])
-            u[4 * i] = np.float32(b & 3)
-            u[4 * i + 1] = np.float32((b >> 2) & 3)
-            u[4 * i + 2] = np.float32((b >> 4) & 3)
-            u[4 * i + 3] = np.float32(b >> 6)
-    else:
-        ui = np.empty(k, np.int32)
-        _unpack_row(row, bitsliced, bits, k, ui)
-        for i in range(k):
-            u[i] = np.float32(ui[i])
+    """Codes of one row as float32."""
+    ui = np.empty(k, np.int32)
+    _unpack_row(row, bitsliced, bits, k, ui)
+    for i in range(k):
+        u[i] = np.float32(ui[i])
 
 
 @njit(parallel=True, fastmath=True, error_model="numpy")
-def _numba_f32(x, xsum, codes, bitsliced, bits, gl, scales, cvals, a, out):  # type: ignore[no-untyped-def]
+def _numba_f32(x, codes, bitsliced, bits, gl, scales, cvals, a, out):  # type: ignore[no-untyped-def]
     """One row of W at a time: codes unpacked to floats and dequantized into an L1-sized row
     (``s * (a*u - c)``, a vectorised loop), then one dot product per activation row; the
-    dequantized matrix never exists. (``xsum`` is unused here; it keeps the signature of the int8 kernels.)"""
+    dequantized matrix never exists."""
     m_rows, k = x.shape
     for n in prange(codes.shape[0]):
         w = np.empty(k, np.float32)
@@ -186,15 +160,39 @@ def _call_kernel(typingctx, fptr, n0, n1, codes, scales, zeros, xq, x_stride, sx
 
 
 @njit(parallel=True)
-def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out):  # type: ignore[no-untyped-def]
+def _drive(  # type: ignore[no-untyped-def]
+    addrs, chunk, n, m_rows, k, codes_p, scales_p, zeros_p, x_p, x_row, xsum_p, xsum_row, xs_p, xs_row, out_p
+):
+    """Run the LLVM kernels over chunks of weight rows (threads) and blocks of up to 4 activation
+    rows; ``addrs[mb - 1] = (R, R-row kernel, 1-row kernel)``. ``*_row`` are the byte strides per
+    activation row of the activation-side arrays (0 for those a kernel variant does not read)."""
+    for c in prange((n + chunk - 1) // chunk):
+        n0 = c * chunk
+        n1 = min(n, n0 + chunk)
+        m0 = 0
+        while m0 < m_rows:
+            mb = min(4, m_rows - m0)
+            nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
+            split = n0 + (n1 - n0) // nr * nr
+            x_, xsum_, xs_ = x_p + m0 * x_row, xsum_p + m0 * xsum_row, xs_p + m0 * xs_row
+            out_ = out_p + 4 * m0 * n
+            if split > n0:
+                _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
+            if n1 > split:
+                _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
+            m0 += mb
+
+
+_drive_serial = njit(parallel=False)(_drive.py_func)  # the same loop on the calling thread only
+
+
+@njit
+def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, parallel):  # type: ignore[no-untyped-def]
     """The int8 path in one call: quantize the activations, lay their group sums out as accumulator
-    lanes (see llvm_kernels.xsum_lanes), then run the LLVM kernels over chunks of weight rows
-    (threads) and blocks of up to 4 activation rows; ``addrs[mb - 1] = (R, R-row, 1-row kernel)``."""
+    lanes (see llvm_kernels.Plan.first_lanes), then drive the kernels."""
     m_rows, k = x.shape
-    n = out.shape[1]
-    groups = k // gl
     xq = np.empty((m_rows, k), np.int8)
-    sx = np.empty((m_rows, groups), np.float32)
+    sx = np.empty((m_rows, k // gl), np.float32)
     xs = np.empty(m_rows, np.float32)
     _quantize_act(x, perm, gl, xq, sx, xs)
     per = first.shape[0]
@@ -203,59 +201,31 @@ def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out):  #
         for t in range(steps):
             for j in range(per):
                 xsl[m, t, first[j]] = np.int32(sx[m, t * per + j])  # exact: |sum| <= 127 K
-    lanes = steps * 16
-    codes_p, scales_p, zeros_p = codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data
-    xq_p, xsl_p, xs_p, out_p = xq.ctypes.data, xsl.ctypes.data, xs.ctypes.data, out.ctypes.data
-    for c in prange((n + chunk - 1) // chunk):
-        n0 = c * chunk
-        n1 = min(n, n0 + chunk)
-        m0 = 0
-        while m0 < m_rows:
-            mb = min(4, m_rows - m0)
-            nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
-            split = n0 + (n1 - n0) // nr * nr
-            x_, xsl_, xs_, out_ = xq_p + m0 * k, xsl_p + 4 * m0 * lanes, xs_p + 4 * m0, out_p + 4 * m0 * n
-            if split > n0:
-                _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, xsl_, xs_, out_, n)  # type: ignore[call-arg]
-            if n1 > split:
-                _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, xsl_, xs_, out_, n)  # type: ignore[call-arg]
-            m0 += mb
+    drive = (addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data,
+             xq.ctypes.data, k, xsl.ctypes.data, 4 * steps * 16, xs.ctypes.data, 4, out.ctypes.data)  # fmt: skip
+    if parallel:
+        _drive(*drive)
+    else:
+        _drive_serial(*drive)
 
 
-_run_serial = njit(parallel=False)(_run.py_func)  # the same driver on the calling thread only
-
-
-@njit(parallel=True)
-def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out):  # type: ignore[no-untyped-def]
-    """The float-activation LLVM kernels: x copied into the kernels' block order, then the same
-    chunked loop as ``_run`` (no activation quantization, no group sums)."""
+@njit
+def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out, parallel):  # type: ignore[no-untyped-def]
+    """The float-activation path: x copied into the kernels' block order, then the same driver (the
+    kernels read no group sums and no activation scales)."""
     m_rows, k = x.shape
-    n = out.shape[1]
     sb = perm.shape[0]
     xp = np.empty((m_rows, k), np.float32)
     for m in range(m_rows):
         for b0 in range(0, k, sb):
             for p in range(sb):
                 xp[m, b0 + p] = x[m, b0 + perm[p]]
-    codes_p, scales_p, zeros_p = codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data
-    xp_p, out_p = xp.ctypes.data, out.ctypes.data
-    for c in prange((n + chunk - 1) // chunk):
-        n0 = c * chunk
-        n1 = min(n, n0 + chunk)
-        m0 = 0
-        while m0 < m_rows:
-            mb = min(4, m_rows - m0)
-            nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
-            split = n0 + (n1 - n0) // nr * nr
-            x_, out_ = xp_p + 4 * m0 * k, out_p + 4 * m0 * n
-            if split > n0:
-                _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, 0, 0, out_, n)  # type: ignore[call-arg]
-            if n1 > split:
-                _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, 0, 0, out_, n)  # type: ignore[call-arg]
-            m0 += mb
-
-
-_run_f32_serial = njit(parallel=False)(_run_f32.py_func)
+    drive = (addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data,
+             xp.ctypes.data, 4 * k, 0, 0, 0, 0, out.ctypes.data)  # fmt: skip
+    if parallel:
+        _drive(*drive)
+    else:
+        _drive_serial(*drive)
 
 
 def omp_workers_sleep() -> bool:
@@ -272,12 +242,9 @@ def omp_workers_sleep() -> bool:
 
 
 def _offsets(q: QuantType) -> tuple[int, int]:
-    """``(a, c)`` with ``c = -1`` meaning the stored zero points."""
-    if q.scheme == Scheme.SYM:
-        return 1, 2 ** (q.bits - 1)
-    if q.scheme == Scheme.ASYM:
-        return 1, -1
-    return 2, 2**q.bits - 1
+    """``(a, c)`` with ``c = -1`` meaning the stored zero points (the kernels take plain ints)."""
+    a, c = affine(q)
+    return a, -1 if c is None else c
 
 
 @cache
@@ -309,8 +276,7 @@ class QMatmulKernel:
             self.addresses = np.array(self.compiled.addresses, np.int64)
             perm = lk.x_permutation(p)
             self._perm = np.array(perm if perm is not None else range(p.sb), np.int64)
-            per = max(1, p.sb // p.gl)
-            self._first = np.array([q * 16 // per for q in range(per)], np.int64)  # see xsum_lanes
+            self._first = np.array(p.first_lanes, np.int64)
             self._scale_dtype = np.dtype(np.float16 if p.scale_f16 else np.float32)
             self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
 
@@ -377,23 +343,10 @@ class QMatmulKernel:
         zeros_arg = self._zeros if zeros is None else np.ascontiguousarray(zeros)
         raw_scales = scales.view(np.uint8)  # Numba has no float16 arrays; the kernel reads them as half
         if p.act == "f32":
-            run_f32 = _run_f32_serial if serial else _run_f32
-            run_f32(x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out)
-            return
-        run = _run_serial if serial else _run
-        run(
-            x,
-            self._perm,
-            p.gl,
-            p.steps,
-            self._first,
-            self.addresses,
-            chunk,
-            codes,
-            raw_scales,
-            zeros_arg,
-            out,
-        )
+            _run_f32(x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out, not serial)
+        else:
+            _run(x, self._perm, p.gl, p.steps, self._first, self.addresses, chunk, codes, raw_scales, zeros_arg,
+                 out, not serial)  # fmt: skip
 
     def _run_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                    out: np.ndarray) -> None:  # fmt: skip
@@ -405,8 +358,7 @@ class QMatmulKernel:
         sliced = q.layout == Layout.BITSLICED
         rows = np.ascontiguousarray(codes).reshape(self.n, -1)
         if self.act == "f32":
-            xsum = x.reshape(x.shape[0], k // gl, gl).sum(axis=2, dtype=np.float32)
-            _numba_f32(x, xsum, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
+            _numba_f32(x, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
             return
         m = x.shape[0]
         xq = np.empty((m, k), np.int8)
