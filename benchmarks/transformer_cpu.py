@@ -27,48 +27,28 @@ import argparse
 import os
 import sys
 
-
-def _threads_from_argv(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--threads", type=int, default=2)
-    return int(p.parse_known_args(argv)[0].threads)
-
-
-def set_thread_env(n: int) -> None:
-    """Thread settings for every library; must run before any of them is imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(n)
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    keep = [
-        f
-        for f in os.environ.get("XLA_FLAGS", "").split()
-        if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))
-    ]
-    os.environ["XLA_FLAGS"] = " ".join(
-        [*keep, "--xla_cpu_multi_thread_eigen=true", f"intra_op_parallelism_threads={n}"]
-    )
-
+from bench_env import set_thread_env, threads_from_argv  # benchmarks/ is sys.path[0] for scripts
 
 if __name__ == "__main__":
-    set_thread_env(_threads_from_argv(sys.argv[1:]))
+    set_thread_env(threads_from_argv(sys.argv[1:]))
 
-import gc  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
-from typing import Any  # noqa: E402
+import gc
+import importlib.util
+import json
+import math
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import kiln  # noqa: E402
+import kiln
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("prefill", "decode", "body")
