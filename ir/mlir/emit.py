@@ -108,12 +108,9 @@ class Region:
 
     def const(self, value: float | int | bool, dt: DType) -> Scalar:
         ct = compute_dtype(dt)
-        if dt.is_bool:
-            lit = "true" if value else "false"
-        elif dt.is_float:
-            lit = float_literal(float(value), ct)
-        else:
-            lit = str(int(value))
+        if dt.is_bool:  # a bool attribute carries its type: no ": i1"
+            return self.op(f"arith.constant {'true' if value else 'false'}", dt)
+        lit = float_literal(float(value), ct) if dt.is_float else str(int(value))
         return self.op(f"arith.constant {lit} : {elem_type(ct)}", dt)
 
     def index(self, dim: int) -> str:
@@ -181,7 +178,7 @@ class Emitter:
 
     def at(self, node: Node) -> None:
         """Later lines come from ``node`` (their location names it)."""
-        first = node.results[0].name if node.results and node.results[0].name else "?"
+        first = (node.results[0].name or str(node.results[0].id)) if node.results else "?"
         text = f"{node.op} %{first}" + (f" at {node.loc}" if node.loc else "")
         self.loc = text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -201,13 +198,11 @@ class Emitter:
     def scalar(self, value: float | int | bool, dt: DType) -> str:
         """A function-level ``arith.constant`` of storage type ``dt``."""
         if dt.is_bool:
-            lit = "true" if value else "false"
-        elif dt.is_float:
-            lit = float_literal(float(value), dt)
+            lit = "true" if value else "false"  # a bool attribute carries its type
         else:
-            lit = str(int(value))
+            lit = f"{float_literal(float(value), dt) if dt.is_float else int(value)} : {elem_type(dt)}"
         name = self.fresh("c")
-        self.line(f"{name} = arith.constant {lit} : {elem_type(dt)}")
+        self.line(f"{name} = arith.constant {lit}")
         return name
 
     def splat(self, value: float | int | bool, shape: Sequence[int], dt: DType) -> Operand:
