@@ -19,6 +19,10 @@ def get_backend(
         from .numba_cpu import NumbaCpuBackend
 
         return NumbaCpuBackend(ctx, cache_dir=cache_dir, fallback=fallback)
+    if target == "jax":
+        from .jax import JaxBackend
+
+        return JaxBackend(ctx)
     return ReferenceBackend(ctx)
 
 

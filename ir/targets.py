@@ -60,6 +60,12 @@ TARGETS: tuple[Target, ...] = (
             ("bitsliced", "gemm", 1, 2327.3),
         ),
     ),
+    Target(
+        "jax",
+        "cpu",
+        "one jax.jit function per graph (XLA fuses); weights stay on the JAX device between calls",
+        pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,dce",
+    ),
 )
 
 
