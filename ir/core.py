@@ -18,6 +18,7 @@ import numpy as np
 from .types import TensorType, Type
 
 if TYPE_CHECKING:
+    from .mlir import MlirExport
     from .registry import Context
 
 
@@ -195,6 +196,13 @@ class Graph:
 
     def __str__(self) -> str:
         return self.as_text()
+
+    def to_mlir(self, dims: Mapping[str, int] | None = None, **kw: Any) -> MlirExport:
+        """The graph as an MLIR module (upstream dialects; see kiln.ir.mlir.export): ``dims``
+        binds symbolic dims; ``lower_kiln=False`` keeps quantized ops as ``kiln`` dialect ops."""
+        from .mlir import export
+
+        return export(self, dims=dims, **kw)
 
     def verify(self, ctx: Context | None = None) -> None:
         from .verifier import verify

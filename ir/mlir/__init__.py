@@ -67,8 +67,11 @@ def new_context() -> mlir_ir.Context:
     """An MLIR context with every upstream dialect, accepting the ``kiln`` dialect's ops."""
     from mlir import ir as mlir_ir
 
+    from .lower_kiln import load_kiln_dialect
+
     ctx = mlir_ir.Context()
-    ctx.allow_unregistered_dialects = True  # kiln.* ops and !kiln.* host types (lower_kiln=False)
+    ctx.allow_unregistered_dialects = True
+    load_kiln_dialect(ctx)  # kiln.qmatmul/qgather (lower_kiln=False) and !kiln.* host types, in IRDL
     return ctx
 
 
@@ -107,6 +110,9 @@ def _explain(message: str, text: str, diags: list[str]) -> str:
         no = int(m.group(1))
         loc = _LOC.search(lines[no - 1]) if 0 < no <= len(lines) else None
         out.append(f"  {m.group(2)} (from kiln op {loc.group(1) if loc else '?'})")
+    # verifier errors raised while parsing carry the op's own location: the kiln op's text
+    for m in re.finditer(r'^error: "((?:[^"\\]|\\.)*)": (.*)$', message, re.M):
+        out.append(f"  {m.group(2)} (from kiln op {m.group(1)})")
     out += [f"  {d}" for d in diags]
     return "\n".join(out) + "\nThis is a bug in kiln's MLIR export: please report it with the graph."
 

@@ -238,6 +238,8 @@ class Emitter:
         ys = body(r, scalars)
         yields = [r.store(y, o.dtype) for y, (o, _) in zip(ys, outs, strict=True)]
         out_types = ", ".join(o.type for o, _ in outs)
+        if len(outs) > 1:  # several result types are written in parentheses
+            out_types = f"({out_types})"
         pad = self.indent + "  "
         self.lines.append(
             f"{self.indent}{head}linalg.generic {{indexing_maps = [{maps}], iterator_types = [{its}]}}"
