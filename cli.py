@@ -63,7 +63,13 @@ def _summary(graph: typing.Any) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     graph = _load(args.file, args.weights, args.dim)
     graph.verify()
-    if args.fusion or args.kernels:
+    if args.mlir:
+        return _show_mlir(graph, args)
+    if args.ptx:
+        return _show_ptx(graph, args)
+    if args.fusion or args.kernels or args.target:
+        args.kernels = args.kernels or not args.fusion  # `--target T` alone shows T's generated code
+        args.target = args.target or "numba-cpu"
         return _show_compiled(graph, args)
     sys.stdout.write(graph.as_text(locs=args.locs))
     if args.summary or Path(args.file).suffix == ".onnx":
@@ -108,6 +114,40 @@ def _show_compiled(graph: typing.Any, args: argparse.Namespace) -> int:
     if args.kernels:
         src = exe.backend.source(exe.graph)
         print(src if src else f"// target '{args.target}' generates no source (it interprets the IR)")
+    return 0
+
+
+def _pipelined(graph: typing.Any, args: argparse.Namespace) -> typing.Any:
+    """``graph`` after ``-p`` (or, with ``--target``, that target's pipeline)."""
+    from .ir.targets import get_target
+    from .passes.manager import PassManager
+
+    spec = (
+        args.pipeline
+        if args.pipeline is not None
+        else get_target(args.target).pipeline
+        if args.target
+        else ""
+    )
+    return PassManager.parse(spec).run(graph) if spec else graph
+
+
+def _show_mlir(graph: typing.Any, args: argparse.Namespace) -> int:
+    from .ir.mlir import export
+
+    g = _pipelined(graph, args)
+    exported = export(g, dims=_parse_dims(args.dim), lower_kiln=not args.kiln_dialect)
+    sys.stdout.write(exported.as_text(locs=args.locs))
+    return 0
+
+
+def _show_ptx(graph: typing.Any, args: argparse.Namespace) -> int:
+    from .backends.mlir import MlirCudaBackend
+
+    if args.target not in (None, "mlir-cuda"):
+        raise KilnError(f"--ptx needs --target mlir-cuda (got --target {args.target})")
+    args.target = "mlir-cuda"
+    sys.stdout.write(MlirCudaBackend().ptx(_pipelined(graph, args), _parse_dims(args.dim), chip=args.chip))
     return 0
 
 
@@ -258,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary", action="store_true", help="ops by type, parameters, FLOPs, bytes (always for .onnx)"
     )
     s.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim")
-    s.add_argument("--target", default="numba-cpu", help="target for --fusion/--kernels (default numba-cpu)")
+    s.add_argument(
+        "--target", help="print this target's generated code (jax: Python and StableHLO); default numba-cpu"
+    )
     s.add_argument(
         "-p", "--pipeline", default=None, help="pipeline for --fusion/--kernels (default: the target's)"
     )
@@ -266,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion", action="store_true", help="print the IR after the target's pipeline and its kernel groups"
     )
     s.add_argument("--kernels", action="store_true", help="print the generated kernel source")
+    s.add_argument("--mlir", action="store_true", help="print the graph as an MLIR module (bind dims: --dim)")
+    s.add_argument(
+        "--kiln-dialect", action="store_true", help="with --mlir: keep quantized ops as kiln dialect ops"
+    )
+    s.add_argument("--ptx", action="store_true", help="print PTX (--target mlir-cuda; bind dims: --dim)")
+    s.add_argument("--chip", default="sm_90", help="GPU architecture for --ptx (sm_80, sm_90, ...)")
     s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("passes", help="list passes and their options")

@@ -23,6 +23,14 @@ def get_backend(
         from .jax import JaxBackend
 
         return JaxBackend(ctx)
+    if target == "mlir-cpu":
+        from .mlir import MlirCpuBackend
+
+        return MlirCpuBackend(ctx, cache_dir=cache_dir)
+    if target == "mlir-cuda":
+        from .mlir import MlirCudaBackend
+
+        return MlirCudaBackend(ctx, cache_dir=cache_dir)
     return ReferenceBackend(ctx)
 
 

@@ -31,6 +31,10 @@ SKIP_REASONS = (
     (re.compile(r"element type (\w+) has no kiln dtype"), "dtype {0} is not supported by kiln"),
     (re.compile(r"only tensor inputs are supported \(got (\w+)\)"), "{0} values are not supported"),
     (re.compile(r"Dropout in training mode"), "training-mode Dropout is random"),
+    (
+        re.compile(r"(\w+)\[[^\]]*\]: integers narrower than their storage"),
+        "{0} values cannot cross the MLIR memref boundary (mlir-cpu refuses them)",
+    ),
 )
 
 

@@ -26,6 +26,10 @@ class Target:
     # measured cost of the quantized matmul kernels (benchmarks/lowbit.py): (layout, "gemv" | "gemm",
     # bits, microseconds for a 4096x4096 weight per activation row); the bitslice pass reads it
     qkernel_cost: tuple[tuple[str, str, int, float], ...] = ()
+    # MLIR schedules: CPU matmul register block (rows, cols) and the B column strip packed per step;
+    # GPU thread block (rows, cols) of the parallel-loop mapping
+    matmul_tile: tuple[int, int, int] = (8, 32, 64)
+    gpu_block: tuple[int, int] = (16, 16)
 
 
 TARGETS: tuple[Target, ...] = (
@@ -64,6 +68,21 @@ TARGETS: tuple[Target, ...] = (
         "jax",
         "cpu",
         "one jax.jit function per graph (XLA fuses); weights stay on the JAX device between calls",
+        pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,dce",
+    ),
+    Target(
+        "mlir-cpu",
+        "cpu",
+        "upstream MLIR: linalg on tensors, tiled and vectorised, bufferized, lowered to LLVM and JIT-run",
+        # kiln groups elementwise chains (each group exports as one linalg.generic); see
+        # backends/mlir/pipeline.py for why MLIR's own elementwise fusion is not used
+        pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,"
+        "fuse{epilogue=false,rows=false,horizontal=false,target=mlir-cpu},dce",
+    ),
+    Target(
+        "mlir-cuda",
+        "gpu",
+        "upstream MLIR: linalg mapped to the gpu dialect, lowered through NVVM to PTX",
         pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,dce",
     ),
 )

@@ -104,3 +104,53 @@ def test_console_script_help_and_debug(kir: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "kiln.cli", "--debug", "show", "nope.kir"],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+SYMBOLIC = GRAPH.replace("f32[2,3]", "f32[n,3]")
+
+
+def test_show_mlir_prints_a_module_that_parses(kir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln.ir.mlir import new_context, parse_module
+
+    assert main(["show", str(kir), "--mlir"]) == 0
+    out = capsys.readouterr().out
+    assert "func.func @g(%arg0: tensor<2x3xf32>) -> tensor<2x3xf32>" in out and "linalg.generic" in out
+    with new_context() as ctx:
+        assert str(parse_module(out, ctx)) == out
+    assert main(["show", str(kir), "--mlir", "--locs"]) == 0
+    assert 'loc("softmax %3")' in capsys.readouterr().out
+
+
+def test_show_mlir_binds_dims_and_keeps_the_kiln_dialect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = tmp_path / "s.kir"
+    p.write_text(SYMBOLIC)
+    assert main(["show", str(p), "--mlir", "--dim", "n=5"]) == 0
+    assert "tensor<5x3xf32>" in capsys.readouterr().out
+    assert main(["show", str(p), "--mlir"]) == 1
+    assert "symbolic dim 'n' is not bound" in capsys.readouterr().err
+    q = tmp_path / "q.kir"
+    mlp = Path(__file__).parents[1] / "examples" / "ir" / "mlp.kir"
+    assert main(["opt", str(mlp), "-p", "quantize{bits=4,group=8,min_size=0}", "-o", str(q)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(q), "--mlir", "--kiln-dialect"]) == 0
+    assert "kiln.qmatmul" in capsys.readouterr().out
+    assert main(["show", str(q), "--mlir"]) == 0
+    out = capsys.readouterr().out
+    assert "kiln." not in out and "linalg.matmul" in out
+
+
+def test_show_target_jax_prints_python_and_stablehlo(kir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(kir), "--target", "jax"]) == 0
+    out = capsys.readouterr().out
+    assert "def kernel(x" in out and "lib.softmax(" in out
+    assert "StableHLO" in out and "stablehlo.exponential" in out
+
+
+def test_show_ptx_without_a_gpu(kir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(kir), "--ptx", "--chip", "sm_80"]) == 0
+    out = capsys.readouterr().out
+    assert ".target sm_80" in out and ".entry" in out
+    assert main(["show", str(kir), "--ptx", "--target", "jax"]) == 1
+    assert "--ptx needs --target mlir-cuda" in capsys.readouterr().err

@@ -234,7 +234,9 @@ def _constant(
         dt: DType = DType("u", sdt.itemsize * 8)
     else:
         shape, dt = tensor_of(t, dims)
-    if data is not None and int(np.prod(shape)) <= INLINE_LIMIT and not isinstance(t.dtype, QuantType):
+    size = int(np.prod(shape))
+    # (an empty constant is passed as an argument: dense<[]> cannot say a shape like 2x0x1)
+    if data is not None and 0 < size <= INLINE_LIMIT and not isinstance(t.dtype, QuantType):
         y = em.op(f"arith.constant {_dense(np.asarray(data), dt)} : {tensor_type(shape, dt)}", shape, dt)
     else:
         name = em.fresh("w")

@@ -146,8 +146,35 @@ def _pow(r: Region, a: Attrs, xs: Sequence[Scalar], dt: DType) -> Scalar:
     x, y = xs
     if dt.is_float:
         return r.op(f"math.powf {x.name}, {y.name} : {_t(x)}", dt)
-    # Integers: math.ipowi is C-like (negative exponents give 0, or +-1 for bases +-1).
-    return r.op(f"math.ipowi {x.name}, {y.name} : {_t(x)}", dt)
+    return _int_pow(r, x, y, dt)
+
+
+def _int_pow(r: Region, x: Scalar, y: Scalar, dt: DType) -> Scalar:
+    """x ** y by squaring over the exponent's bits, unrolled (math.ipowi has no vector lowering
+    to LLVM here). Products wrap to the width, as the reference's int64 result wrapped. Negative
+    exponents give 0, except 1 ** y = 1 and (-1) ** y = +-1 (as C)."""
+    t = _t(x)
+    one, zero = r.const(1, dt), r.const(0, dt)
+    res, base = one, x
+    for i in range(dt.bits - (1 if dt.kind == "i" else 0)):
+        bit = r.op(f"arith.shrui {y.name}, {r.const(i, dt).name} : {t}", dt)
+        bit = r.op(f"arith.andi {bit.name}, {one.name} : {t}", dt)
+        on = r.op(f"arith.cmpi ne, {bit.name}, {zero.name} : {t}", boolean)
+        prod = r.op(f"arith.muli {res.name}, {base.name} : {t}", dt)
+        res = r.op(f"arith.select {on.name}, {prod.name}, {res.name} : {t}", dt)
+        base = r.op(f"arith.muli {base.name}, {base.name} : {t}", dt)
+    if dt.kind != "i":
+        return res
+    minus1 = r.const(-1, dt)
+    is1 = r.op(f"arith.cmpi eq, {x.name}, {one.name} : {t}", boolean)
+    ism1 = r.op(f"arith.cmpi eq, {x.name}, {minus1.name} : {t}", boolean)
+    odd = r.op(f"arith.andi {y.name}, {one.name} : {t}", dt)
+    even = r.op(f"arith.cmpi eq, {odd.name}, {zero.name} : {t}", boolean)
+    m1 = r.op(f"arith.select {even.name}, {one.name}, {minus1.name} : {t}", dt)
+    neg_val = r.op(f"arith.select {ism1.name}, {m1.name}, {zero.name} : {t}", dt)
+    neg_val = r.op(f"arith.select {is1.name}, {one.name}, {neg_val.name} : {t}", dt)
+    neg = r.op(f"arith.cmpi slt, {y.name}, {zero.name} : {t}", boolean)
+    return r.op(f"arith.select {neg.name}, {neg_val.name}, {res.name} : {t}", dt)
 
 
 _CMP = {  # op -> (float predicate, signed predicate, unsigned predicate)

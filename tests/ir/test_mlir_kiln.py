@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kiln_testing.examples import load_example
+from kiln_testing.mlir import matches_reference, mlir_cpu_backend
 from kiln_testing.op_cases_structural import structural_cases
 
 import kiln
@@ -22,19 +23,12 @@ from kiln.ir import dtypes as kd
 from kiln.ir.builder import GraphBuilder
 from kiln.ir.core import Graph
 from kiln.ir.dtypes import Layout, QuantType, Scheme
-from kiln.ir.interpret import interpret
 from kiln.ir.mlir import MlirError, export, new_context, parse_module
 from kiln.ir.mlir.lower_kiln import kiln_dialect_text
 from kiln.ir.quant import quantize
 from kiln.ir.types import TensorType
 
 ROOT = Path(__file__).resolve().parents[2]
-TOLERANCES: dict[str, tuple[float, float]] = {  # as tests/golden/test_golden.py
-    "float64": (1e-9, 1e-12),
-    "float32": (1e-4, 1e-5),
-    "float16": (1e-2, 1e-3),
-    "bfloat16": (3e-2, 1e-2),
-}
 OPS = {"argmax", "argmin", "cumsum", "softmax", "log_softmax", "layer_norm", "rms_norm", "fused", "attention"}
 CASES = [c for c in structural_cases() if c.op in OPS]
 RNG = np.random.default_rng(3)
@@ -63,36 +57,7 @@ def roundtrip(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def mlir_cpu() -> Any:
-    from kiln.backends import get_backend
-
-    try:
-        return get_backend("mlir-cpu")
-    except ImportError as e:
-        pytest.skip(f"the mlir-cpu backend is not available: {e}")
-
-
-def assert_close(got: Any, want: np.ndarray, what: str) -> None:
-    got = np.asarray(got)
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape} {got.dtype}"
-    if want.dtype.kind in "biu":
-        np.testing.assert_array_equal(got, want, err_msg=what)
-        return
-    rtol, atol = TOLERANCES[str(want.dtype)]
-    np.testing.assert_allclose(
-        got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True, err_msg=what
-    )
-
-
-def matches_reference(backend: Any, g: Graph, feeds: dict[str, np.ndarray], what: str) -> None:
-    refused = backend.unsupported(g)  # e.g. i4 values crossing the memref boundary
-    if refused:
-        pytest.skip("; ".join(refused))
-    if any(np.asarray(a).dtype == np.bool_ for a in feeds.values()):
-        pytest.skip("bool (i1) memrefs at the function boundary: not lowered by mlir-cpu")
-    want = interpret(g, feeds)
-    got = backend.compile(g)(feeds)
-    for out, _ in g.outputs:
-        assert_close(got[out], want[out], f"{what}: {out}")
+    return mlir_cpu_backend()
 
 
 # -- one-op graphs ---------------------------------------------------------------------------------

@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from golden.test_golden import TOLERANCES
+from kiln_testing.mlir import matches_reference, mlir_cpu_backend
 from kiln_testing.op_cases_structural import structural_cases
 from kiln_testing.op_truths import Case
 
 from kiln.ir import dtypes as kd
 from kiln.ir.builder import GraphBuilder
 from kiln.ir.core import Graph
-from kiln.ir.interpret import interpret
 from kiln.ir.mlir import MlirExportError, export, new_context, parse_module
 from kiln.ir.registry import Context, OpDef, default_context
 from kiln.ir.types import TensorType
@@ -203,25 +202,7 @@ def test_edge_cases_export_and_roundtrip(name: str) -> None:
 # -- numerics on the mlir-cpu target ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mlir_cpu() -> Any:
-    from kiln.backends import get_backend
-
-    try:
-        return get_backend("mlir-cpu")
-    except ImportError as e:
-        pytest.skip(f"the mlir-cpu backend is not available: {e}")
-
-
-def assert_close(got: Any, want: np.ndarray, what: str) -> None:
-    got = np.asarray(got)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    if want.dtype.kind in "biu":
-        np.testing.assert_array_equal(got, want, err_msg=what)
-        return
-    rtol, atol = TOLERANCES[str(want.dtype)]
-    np.testing.assert_allclose(
-        got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True, err_msg=what
-    )
+    return mlir_cpu_backend()
 
 
 RUNS = [(c.id, c.op, c.args, c.attrs) for c in CASES] + [(n, op, a, at) for n, (op, a, at) in EXTRA.items()]
@@ -232,13 +213,7 @@ def test_matches_reference_on_mlir_cpu(
     mlir_cpu: Any, name: str, op: str, args: tuple[Any, ...], attrs: dict[str, Any]
 ) -> None:
     g, feeds = one_op(op, *args, **attrs)
-    refused = mlir_cpu.unsupported(g)  # e.g. i4 values crossing the memref boundary
-    if refused:
-        pytest.skip("; ".join(refused))
-    want = interpret(g, feeds)
-    got = mlir_cpu.compile(g)(feeds)
-    for out, _ in g.outputs:
-        assert_close(got[out], want[out], f"{name}: {out}")
+    matches_reference(mlir_cpu, g, feeds, name)
 
 
 # -- bad input -------------------------------------------------------------------------------------
