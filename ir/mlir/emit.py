@@ -219,9 +219,11 @@ class Emitter:
         outs: Sequence[tuple[Operand, str]],
         iterators: Sequence[str],
         body: BodyFn,
+        widen: bool = True,
     ) -> list[Operand]:
         """``linalg.generic``: ``ins``/``outs`` are (tensor, indexing map); ``body`` gets the block
-        arguments as scalars in their compute types and returns one scalar per output."""
+        arguments as scalars in their compute types and returns one scalar per output.
+        ``widen=False`` keeps f16/bf16 in their storage type (code that only moves or selects)."""
         maps = ", ".join(m for _, m in [*ins, *outs])
         its = ", ".join(f'"{i}"' for i in iterators)
         results = [self.fresh() for _ in outs]
@@ -234,9 +236,9 @@ class Emitter:
         dts = [o.dtype for o, _ in [*ins, *outs]]
         block = ", ".join(f"{a}: {elem_type(d)}" for a, d in zip(args, dts, strict=True))
         r = Region(self)
-        scalars = [r.load(a, d) for a, d in zip(args, dts, strict=True)]
+        scalars = [r.load(a, d) if widen else Scalar(a, d) for a, d in zip(args, dts, strict=True)]
         ys = body(r, scalars)
-        yields = [r.store(y, o.dtype) for y, (o, _) in zip(ys, outs, strict=True)]
+        yields = [r.store(y, o.dtype) if widen else y.name for y, (o, _) in zip(ys, outs, strict=True)]
         out_types = ", ".join(o.type for o, _ in outs)
         if len(outs) > 1:  # several result types are written in parentheses
             out_types = f"({out_types})"

@@ -55,28 +55,12 @@ def move_generic(
 ) -> list[Operand]:
     """``linalg.generic`` whose body sees its block arguments in their storage types (no f16/bf16
     widening: for code that only selects, compares indices and moves values)."""
-    both = [*ins, *outs]
-    maps = ", ".join(m for _, m in both)
-    its = ", ".join(f'"{i}"' for i in iterators)
-    results = [em.fresh() for _ in outs]
-    ins_s = f" ins({', '.join(o.name for o, _ in ins)} : {', '.join(o.type for o, _ in ins)})" if ins else ""
-    outs_s = f" outs({', '.join(o.name for o, _ in outs)} : {', '.join(o.type for o, _ in outs)})"
-    args = [em.fresh("a") for _ in both]
-    block = ", ".join(f"{a}: {elem_type(o.dtype)}" for a, (o, _) in zip(args, both, strict=True))
-    r = Region(em)
-    ys = body(r, args)
-    pad = em.indent + "  "
-    em.lines.append(
-        f"{em.indent}{', '.join(results)} = linalg.generic {{indexing_maps = [{maps}], "
-        f"iterator_types = [{its}]}}{ins_s}{outs_s} {{"
-    )
-    em.lines.append(f"{em.indent}^bb0({block}):")
-    em.lines.extend(f'{pad}{ln} loc("{em.loc}")' for ln in r.lines)
-    yt = ", ".join(elem_type(o.dtype) for o, _ in outs)
-    em.lines.append(f'{pad}linalg.yield {", ".join(ys)} : {yt} loc("{em.loc}")')
-    types = ", ".join(o.type for o, _ in outs)
-    em.lines.append(f'{em.indent}}} -> {types if len(outs) == 1 else f"({types})"} loc("{em.loc}")')
-    return [Operand(n, o.shape, o.dtype) for n, (o, _) in zip(results, outs, strict=True)]
+
+    def scalar_body(r: Region, xs: list[Scalar]) -> list[Scalar]:
+        names = body(r, [x.name for x in xs])
+        return [Scalar(n, o.dtype) for n, (o, _) in zip(names, outs, strict=True)]
+
+    return em.generic(ins, outs, iterators, scalar_body, widen=False)
 
 
 def _literal(value: float | int | bool, dt: DType) -> str:

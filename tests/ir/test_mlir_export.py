@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kiln_testing.mlir import one_op as one_op_feeds
+from kiln_testing.mlir import roundtrip
 from kiln_testing.op_cases_elementwise import elementwise_cases
 from kiln_testing.op_truths import Case
 
@@ -24,22 +26,7 @@ from kiln.ir.types import TensorType
 
 
 def one_op(op: str, *args: Any, **attrs: Any) -> Graph:
-    """A graph of one ``op`` on inputs x0, x1, ... (args: arrays or (DType, array))."""
-    b = GraphBuilder("t")
-    values = []
-    for i, a in enumerate(args):
-        dt, arr = a if isinstance(a, tuple) else (kd.from_numpy(a.dtype), a)
-        values.append(b.input(f"x{i}", TensorType(dt, tuple(arr.shape))))
-    for i, r in enumerate(b.op_values(op, *values, **attrs)):
-        b.output(f"y{i}", r)
-    return b.build()
-
-
-def roundtrip(text: str) -> None:
-    """The printed module parses back and prints the same."""
-    with new_context() as ctx:
-        again = str(parse_module(text, ctx))
-    assert again == text
+    return one_op_feeds(op, *args, **attrs)[0]
 
 
 CASES = elementwise_cases()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kiln_testing.examples import load_example
-from kiln_testing.mlir import matches_reference, mlir_cpu_backend
+from kiln_testing.mlir import matches_reference, mlir_cpu_backend, one_op, roundtrip
 from kiln_testing.op_cases_structural import structural_cases
 
 import kiln
@@ -32,27 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 OPS = {"argmax", "argmin", "cumsum", "softmax", "log_softmax", "layer_norm", "rms_norm", "fused", "attention"}
 CASES = [c for c in structural_cases() if c.op in OPS]
 RNG = np.random.default_rng(3)
-
-
-def one_op(op: str, *args: Any, **attrs: Any) -> tuple[Graph, dict[str, np.ndarray]]:
-    b = GraphBuilder("t")
-    feeds: dict[str, np.ndarray] = {}
-    values = []
-    for i, a in enumerate(args):
-        dt, arr = a if isinstance(a, tuple) else (kd.from_numpy(a.dtype), a)
-        values.append(b.input(f"x{i}", TensorType(dt, tuple(arr.shape))))
-        feeds[f"x{i}"] = arr
-    for i, r in enumerate(b.op_values(op, *values, **attrs)):
-        b.output(f"y{i}", r)
-    return b.build(), feeds
-
-
-def roundtrip(text: str) -> str:
-    """print -> parse -> print is a fixed point."""
-    with new_context() as ctx:
-        again = str(parse_module(text, ctx))
-    assert again == text
-    return text
 
 
 @pytest.fixture(scope="module")

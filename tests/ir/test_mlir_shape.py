@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kiln_testing.mlir import matches_reference, mlir_cpu_backend
+from kiln_testing.mlir import matches_reference, mlir_cpu_backend, one_op, roundtrip
 from kiln_testing.op_cases_structural import structural_cases
 from kiln_testing.op_truths import Case
 
 from kiln.ir import dtypes as kd
 from kiln.ir.builder import GraphBuilder
-from kiln.ir.core import Graph
-from kiln.ir.mlir import MlirExportError, export, new_context, parse_module
+from kiln.ir.mlir import MlirExportError, export
 from kiln.ir.registry import Context, OpDef, default_context
 from kiln.ir.types import TensorType
 
@@ -29,26 +28,6 @@ SHAPE_OPS = {
     "unsqueeze", "iota", "triu", "tril", "topk", "einsum", "gather_nd",
 }  # fmt: skip
 CASES = [c for c in structural_cases() if c.op in SHAPE_OPS]
-
-
-def one_op(op: str, *args: Any, **attrs: Any) -> tuple[Graph, dict[str, np.ndarray]]:
-    """A graph of one ``op`` on inputs x0, x1, ... (args: arrays or (DType, array)), and its feeds."""
-    b = GraphBuilder("t")
-    values, feeds = [], {}
-    for i, a in enumerate(args):
-        dt, arr = a if isinstance(a, tuple) else (kd.from_numpy(a.dtype), a)
-        values.append(b.input(f"x{i}", TensorType(dt, tuple(arr.shape))))
-        feeds[f"x{i}"] = arr
-    for i, r in enumerate(b.op_values(op, *values, **attrs)):
-        b.output(f"y{i}", r)
-    return b.build(), feeds
-
-
-def roundtrip(text: str) -> None:
-    """The printed module parses back and prints the same."""
-    with new_context() as ctx:
-        again = str(parse_module(text, ctx))
-    assert again == text
 
 
 def test_every_shape_op_has_cases_and_a_rule() -> None:

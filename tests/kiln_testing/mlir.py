@@ -9,9 +9,13 @@ import pytest
 from golden.test_golden import TOLERANCES
 
 from kiln.backends import get_backend
+from kiln.ir import dtypes as kd
+from kiln.ir.builder import GraphBuilder
 from kiln.ir.core import Graph
 from kiln.ir.errors import BackendError
 from kiln.ir.interpret import interpret
+from kiln.ir.mlir import new_context, parse_module
+from kiln.ir.types import TensorType
 
 #: What mlir-cpu refuses by design (LLVM 22's memref lowering cannot load or store i1 buffers):
 #: ops whose lowering keeps a bool temporary after bufferization. Bools at the function boundary
@@ -52,3 +56,24 @@ def matches_reference(backend: Any, g: Graph, feeds: dict[str, np.ndarray], what
         raise
     for out, _ in g.outputs:
         assert_close(got[out], want[out], f"{what}: {out}")
+
+
+def one_op(op: str, *args: Any, **attrs: Any) -> tuple[Graph, dict[str, np.ndarray]]:
+    """A graph of one ``op`` on inputs x0, x1, ... (args: arrays or (DType, array)), and its feeds."""
+    b = GraphBuilder("t")
+    values, feeds = [], {}
+    for i, a in enumerate(args):
+        dt, arr = a if isinstance(a, tuple) else (kd.from_numpy(a.dtype), a)
+        values.append(b.input(f"x{i}", TensorType(dt, tuple(arr.shape))))
+        feeds[f"x{i}"] = arr
+    for i, r in enumerate(b.op_values(op, *values, **attrs)):
+        b.output(f"y{i}", r)
+    return b.build(), feeds
+
+
+def roundtrip(text: str) -> str:
+    """print -> parse -> print is a fixed point (returns the text)."""
+    with new_context() as ctx:
+        again = str(parse_module(text, ctx))
+    assert again == text
+    return text
