@@ -125,3 +125,13 @@ def test_diagnostics_name_the_kiln_op() -> None:
     )
     with new_context() as ctx, pytest.raises(MlirError):
         parse_module(bad_verify, ctx)
+
+
+def test_every_op_has_a_lowering_in_both_forms() -> None:
+    """The per-family tests (here, test_mlir_shape.py, test_mlir_kiln.py) export, verify and
+    round-trip every op; this keeps the table complete as ops are added."""
+    from kiln.ir.mlir.rules import lowering_rules
+
+    ops = set(default_context().ops) - {"constant"}  # constants become arguments or literals
+    for lower_kiln in (True, False):
+        assert ops - set(lowering_rules(lower_kiln)) == set()
