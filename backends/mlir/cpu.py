@@ -35,18 +35,16 @@ from .common import (
     export_graph,
     kiln_ops_of,
     odd_width_values,
-    parse_module,
     run_stage,
     stage_error,
     symbolic_dims,
 )
-from .legalize import copies_to_linalg, sub_byte_buffers, widen_bool_boundary
+from .legalize import sub_byte_buffers
 from .pipeline import (
-    BUFFERIZE,
     CPU_LOWER,
-    FUSE,
     GENERALIZE_SCRIPT,
     CpuTiles,
+    bufferized,
     cpu_schedule,
     mark_for_generalize,
 )
@@ -157,11 +155,7 @@ def lower_module(spec: ModuleSpec, tiles: CpuTiles | None, context: Any) -> tupl
     from mlir import ir as mlir_ir
 
     with context, mlir_ir.Location.unknown():
-        module = parse_module(spec, context, NAME)
-        widen_bool_boundary(module, spec.func_name)
-        run_stage(module, FUSE, NAME)
-        run_stage(module, BUFFERIZE, NAME)
-        copies_to_linalg(module)
+        module = bufferized(spec, context, NAME)
         narrow = sub_byte_buffers(module)
         if narrow:
             raise BackendError(

@@ -19,9 +19,8 @@ from ...ir.errors import BackendError, KilnError
 from ...ir.registry import Context, default_context
 from ...ir.targets import get_target
 from ..base import CompiledFn
-from .common import ModuleSpec, export_graph, odd_width_values, parse_module, run_stage, symbolic_dims
-from .legalize import copies_to_linalg, widen_bool_boundary
-from .pipeline import BUFFERIZE, FUSE, cuda_stages
+from .common import ModuleSpec, export_graph, odd_width_values, run_stage, symbolic_dims
+from .pipeline import bufferized, cuda_stages
 
 NAME = "mlir-cuda"
 CHIPS = ("sm_80", "sm_90")
@@ -60,7 +59,8 @@ def module_ptx(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = (
     by a comment line (ptxas takes them one at a time: see :func:`ptx_modules`)."""
     # A thread block larger than a loop's trip count leaves that loop unmapped (upstream's
     # gpu-map-parallel-loops then outlines nothing): halve the block until the kernels map.
-    # TODO: per-op block sizes from each loop nest's extents.
+    # A documented limit (README): one block size serves every kernel of the module, so one small
+    # loop nest shrinks the blocks of all of them.
     while True:
         try:
             return PTX_SEPARATOR.join(ptx_modules(spec, chip, block))
@@ -81,11 +81,7 @@ def ptx_modules(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = 
         raise BackendError(f"{NAME}: unknown chip '{chip}'; expected one of {', '.join(CHIPS)}")
     context = mlir_ir.Context()
     with context, mlir_ir.Location.unknown():
-        module = parse_module(spec, context, NAME)
-        widen_bool_boundary(module, spec.func_name)
-        run_stage(module, FUSE, NAME)
-        run_stage(module, BUFFERIZE, NAME)
-        copies_to_linalg(module)
+        module = bufferized(spec, context, NAME)
         for stage in cuda_stages(chip, block, find_libdevice()):
             run_stage(module, stage, NAME)
         text = str(module)

@@ -29,7 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .common import Stage
+from .common import ModuleSpec, Stage, parse_module, run_stage
+from .legalize import copies_to_linalg, widen_bool_boundary
 
 if TYPE_CHECKING:
     from mlir import ir as mlir_ir
@@ -57,6 +58,19 @@ CPU_LOWER = Stage(
     "reconcile-unrealized-casts,canonicalize,cse",
     "leftover linalg to loops; vector, memref, math (libm for erf and friends) and control flow to LLVM",
 )
+
+
+def bufferized(spec: ModuleSpec, context: mlir_ir.Context, backend: str) -> mlir_ir.Module:
+    """The steps both targets share: parse, bools widened at the boundary, fuse, bufferize, and
+    memref.copy rewritten as linalg.copy. Runs inside ``context`` (with a location set)."""
+    module = parse_module(spec, context, backend)
+    widen_bool_boundary(module, spec.func_name)
+    run_stage(module, FUSE, backend)
+    run_stage(module, BUFFERIZE, backend)
+    copies_to_linalg(module)
+    return module
+
+
 #: The steps of the CPU pipeline in order ("generalize" and "schedule" are transform scripts).
 CPU_STAGES: tuple[str, ...] = ("parse", "fuse", "bufferize", "generalize", "schedule", "lower-to-llvm", "jit")
 

@@ -350,3 +350,18 @@ def reshape(em: Emitter, x: Operand, shape: Sequence[int]) -> Operand:
         )
     flat = reshape(em, x, (math.prod(x.shape),))
     return reshape(em, flat, shape)
+
+
+def transpose(em: Emitter, x: Operand, perm: Sequence[int]) -> Operand:
+    """``np.transpose(x, perm)`` as ``linalg.transpose`` (``x`` itself for the identity)."""
+    perm = tuple(perm)
+    if perm == tuple(range(len(perm))):
+        return x
+    shape = tuple(x.shape[p] for p in perm)
+    init = em.empty(shape, x.dtype)
+    return em.op(
+        f"linalg.transpose ins({x.name} : {x.type}) outs({init.name} : {init.type}) "
+        f"permutation = [{', '.join(map(str, perm))}]",
+        shape,
+        x.dtype,
+    )

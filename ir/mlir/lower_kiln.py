@@ -49,6 +49,7 @@ from .emit import (
     reshape,
     tensor_of,
     tensor_type,
+    transpose,
 )
 from .lower_elementwise import SCALAR, scalar_chain
 from .lower_reduce import convert
@@ -185,12 +186,7 @@ def _attention(em: Emitter, node: Node, ins: list[Operand], outs: Outs) -> list[
     sk, dv = k.shape[-2], v.shape[-1]
     b = math.prod(batch)
     k3 = reshape(em, k, (b, sk, d))
-    kt = em.empty((b, d, sk), acc)
-    kt = em.op(
-        f"linalg.transpose ins({k3.name} : {k3.type}) outs({kt.name} : {kt.type}) permutation = [0, 2, 1]",
-        (b, d, sk),
-        acc,
-    )
+    kt = transpose(em, k3, (0, 2, 1))
     s = reshape(em, _batch_matmul(em, reshape(em, q, (b, sq, d)), kt), (*batch, sq, sk))
     rank = len(s.shape)
     scale = em.scalar(a.scale, acc)

@@ -37,6 +37,7 @@ from .emit import (
     identity_map,
     reshape,
     tensor_type,
+    transpose,
 )
 from .lower_reduce import reduce
 
@@ -213,19 +214,6 @@ def _arg_rule(largest: bool) -> Rule:
 TRIANGLE_MAX = 64
 
 
-def _transpose(em: Emitter, x: Operand, perm: Sequence[int]) -> Operand:
-    if list(perm) == sorted(perm):
-        return x
-    shape = tuple(x.shape[p] for p in perm)
-    init = em.empty(shape, x.dtype)
-    return em.op(
-        f"linalg.transpose ins({x.name} : {x.type}) outs({init.name} : {init.type}) "
-        f"permutation = [{', '.join(map(str, perm))}]",
-        shape,
-        x.dtype,
-    )
-
-
 def _triangle(em: Emitter, x: Operand, ax: int, reverse: bool, acc: DType) -> Operand:
     """y[.., i, ..] = sum over j <= i (j >= i reversed) of x[.., j, ..]: a generic over x's dims
     and a reduction dim j, masking the other half."""
@@ -257,7 +245,7 @@ def _scan(em: Emitter, x: Operand, ax: int, reverse: bool, acc: DType) -> Operan
     contiguous; one generic per step updates the running sum and writes the step's slice of the
     output, both in place after bufferization (destination-passing style)."""
     perm = [ax, *(d for d in range(len(x.shape)) if d != ax)]
-    xt = _transpose(em, x, perm)
+    xt = transpose(em, x, perm)
     n, *rest = xt.shape
     sl = tuple(rest)
     t = elem_type(acc)
@@ -295,7 +283,7 @@ def _scan(em: Emitter, x: Operand, ax: int, reverse: bool, acc: DType) -> Operan
     em.line(f"scf.yield {o2.name}, {total.name} : {out_t}, {acc_t}")
     em.lines.append(f'{em.indent}}} loc("{em.loc}")')
     back = [perm.index(d) for d in range(len(perm))]
-    return _transpose(em, Operand(f"{res}#0", xt.shape, acc), back)
+    return transpose(em, Operand(f"{res}#0", xt.shape, acc), back)
 
 
 def _cumsum(em: Emitter, node: Node, ins: list[Operand], outs: Outs) -> list[Operand]:

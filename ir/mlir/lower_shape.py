@@ -36,6 +36,7 @@ from .emit import (
     identity_map,
     reshape,
     tensor_type,
+    transpose,
 )
 from .lower_elementwise import cast
 from .lower_reduce import convert
@@ -135,21 +136,6 @@ def broadcast(em: Emitter, x: Operand, shape: Sequence[int]) -> Operand:
 def _broadcast_to(em: Emitter, node: Node, ins: list[Operand], outs: Outs) -> list[Operand]:
     ((shape, _),) = outs
     return [broadcast(em, ins[0], shape)]
-
-
-def transpose(em: Emitter, x: Operand, perm: Sequence[int]) -> Operand:
-    """``np.transpose(x, perm)`` as ``linalg.transpose``."""
-    perm = tuple(perm)
-    if perm == tuple(range(len(perm))):
-        return x
-    shape = tuple(x.shape[p] for p in perm)
-    init = em.empty(shape, x.dtype)
-    return em.op(
-        f"linalg.transpose ins({x.name} : {x.type}) outs({init.name} : {init.type}) "
-        f"permutation = [{', '.join(map(str, perm))}]",
-        shape,
-        x.dtype,
-    )
 
 
 def _transpose(em: Emitter, node: Node, ins: list[Operand], outs: Outs) -> list[Operand]:
