@@ -25,6 +25,7 @@ from ...ir.errors import BackendError, KilnError
 from ...ir.registry import Context, default_context
 from ...ir.targets import Target, get_target
 from ..base import CompiledFn
+from . import openmp
 from .approx import approximate_math
 from .common import (
     ArgType,
@@ -41,10 +42,10 @@ from .common import (
 )
 from .legalize import sub_byte_buffers
 from .pipeline import (
-    CPU_LOWER,
     GENERALIZE_SCRIPT,
     CpuTiles,
     bufferized,
+    cpu_lower,
     cpu_schedule,
     mark_for_generalize,
 )
@@ -92,6 +93,7 @@ class CpuKernel:
         compile_s: float,
         vectorized_ops: int,
         schedule_note: str | None,
+        spin_ms: int | None = None,
     ) -> None:
         self.engine = engine  # keeps the JIT code alive
         self.func_name = func_name
@@ -108,6 +110,9 @@ class CpuKernel:
         self.address = int(addr)
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self.address)
         self._lock = threading.Lock()
+        # libomp's blocktime is a per-thread setting of whoever forks the team: set on each call
+        self._set_spin = openmp.runtime().kmp_set_blocktime if spin_ms is not None else None
+        self.spin_ms = spin_ms
 
     def prepare(self, a: Any, i: int) -> np.ndarray:
         shape, dtype = self.arg_types[i]
@@ -133,6 +138,8 @@ class CpuKernel:
         descs = [descriptor(a) for a in arrays]
         ptrs = [ctypes.pointer(d) for d in descs]
         packed = (ctypes.c_void_p * len(ptrs))(*[ctypes.addressof(p) for p in ptrs])
+        if self._set_spin is not None:
+            self._set_spin(self.spin_ms)
         self._fn(packed)
 
 
@@ -149,9 +156,12 @@ def _apply_script(module: Any, script: str, stage: str) -> None:
             raise stage_error(NAME, stage, e, log) from None
 
 
-def lower_module(spec: ModuleSpec, tiles: CpuTiles | None, context: Any) -> tuple[Any, int]:
+def lower_module(
+    spec: ModuleSpec, tiles: CpuTiles | None, context: Any, num_threads: int = 0
+) -> tuple[Any, int]:
     """Parse ``spec`` and run the CPU pipeline up to the LLVM dialect (no schedule when ``tiles``
-    is None: plain loops). Returns the module and the number of vectorised ops."""
+    is None: plain loops). ``num_threads`` fixes the OpenMP team of the parallel loops (0: the
+    runtime's default). Returns the module and the number of vectorised ops."""
     from mlir import ir as mlir_ir
 
     with context, mlir_ir.Location.unknown():
@@ -169,13 +179,22 @@ def lower_module(spec: ModuleSpec, tiles: CpuTiles | None, context: Any) -> tupl
             approximate_math(module)
             script, count = cpu_schedule(module, tiles)
             _apply_script(module, script, "schedule")
-        run_stage(module, CPU_LOWER, NAME)
+        run_stage(module, cpu_lower(num_threads), NAME)
     return module, count
 
 
-def compile_module(spec: ModuleSpec, tiles: CpuTiles | None = None, *, strict: bool = False) -> CpuKernel:
+def compile_module(
+    spec: ModuleSpec,
+    tiles: CpuTiles | None = None,
+    *,
+    strict: bool = False,
+    num_threads: int = 0,
+    spin_ms: int = 5,
+) -> CpuKernel:
     """JIT-compile a tensor-level module. A failing schedule falls back to plain loops with a
-    warning (the result is still correct, only slower) unless ``strict``."""
+    warning (the result is still correct, only slower) unless ``strict``. ``tiles.threads > 1``
+    makes the outer tile loops parallel (OpenMP, ``num_threads`` threads; 0: the runtime's default),
+    whose workers spin ``spin_ms`` after each loop before they sleep."""
     from mlir import ir as mlir_ir
     from mlir.execution_engine import ExecutionEngine
 
@@ -184,7 +203,7 @@ def compile_module(spec: ModuleSpec, tiles: CpuTiles | None = None, *, strict: b
     note: str | None = None
     context = mlir_ir.Context()
     try:
-        module, count = lower_module(spec, tiles, context)
+        module, count = lower_module(spec, tiles, context, num_threads)
     except BackendError as e:
         if strict or ("'schedule' step" not in str(e) and "'generalize' step" not in str(e)):
             raise
@@ -201,6 +220,8 @@ def compile_module(spec: ModuleSpec, tiles: CpuTiles | None = None, *, strict: b
         raise stage_error(NAME, "jit", e, log) from None
     finally:
         handle.detach()
+    if tiles.threads > 1:
+        openmp.register(engine)
     return CpuKernel(
         engine,
         spec.func_name,
@@ -209,6 +230,7 @@ def compile_module(spec: ModuleSpec, tiles: CpuTiles | None = None, *, strict: b
         compile_s=time.perf_counter() - t0,
         vectorized_ops=count,
         schedule_note=note,
+        spin_ms=spin_ms if tiles.threads > 1 else None,
     )
 
 
@@ -227,30 +249,50 @@ def _check_externals(module: Any) -> None:
                 )
 
 
-def lowered_text(spec: ModuleSpec, tiles: CpuTiles | None = None) -> str:
+def lowered_text(spec: ModuleSpec, tiles: CpuTiles | None = None, num_threads: int = 0) -> str:
     """The LLVM-dialect MLIR the JIT compiles (after fuse, bufferize, schedule and lowering)."""
     from mlir import ir as mlir_ir
 
-    module, _ = lower_module(spec, tiles or CpuTiles(), mlir_ir.Context())
+    module, _ = lower_module(spec, tiles or CpuTiles(), mlir_ir.Context(), num_threads)
     return str(module)
 
 
-def tiles_of(target: Target) -> CpuTiles:
+def tiles_of(target: Target, threads: int = 1) -> CpuTiles:
     tm, tn, strip = target.matmul_tile
-    return CpuTiles(tm=tm, tn=tn, strip=strip, vector=max(8, target.vector_bytes))
+    return CpuTiles(tm=tm, tn=tn, strip=strip, vector=max(8, target.vector_bytes), threads=threads)
 
 
 class MlirCpuBackend:
     """Upstream MLIR on the CPU: linalg on tensors from ``kiln.ir.mlir.export``, fused, tiled and
     vectorised through the transform dialect, bufferized, lowered to LLVM and JIT-run on NumPy
-    arrays. Single-threaded (no OpenMP or async runtime ships with the bindings)."""
+    arrays. The outer tile loops run in parallel on LLVM's OpenMP runtime: ``threads`` threads,
+    or, when None, the runtime's default (OMP_NUM_THREADS, else every core); 1 compiles
+    sequential kernels. After each parallel loop the workers spin ``spin_ms`` milliseconds before
+    they sleep (libomp's blocktime, set by kiln whatever OMP_WAIT_POLICY says: numba's backend
+    sets PASSIVE, which made every op of a GPT-2 block pay a wake-up, 18 ms instead of 15)."""
 
     name = NAME
 
-    def __init__(self, ctx: Context | None = None, *, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context | None = None,
+        *,
+        cache_dir: Path | None = None,
+        threads: int | None = None,
+        spin_ms: int = 5,
+    ) -> None:
+        if threads is not None and threads < 1:
+            raise BackendError(
+                f"{NAME}: threads must be >= 1 (or None for the OpenMP default), got {threads}"
+            )
+        if spin_ms < 0:
+            raise BackendError(f"{NAME}: spin_ms must be >= 0, got {spin_ms}")
+        self.spin_ms = spin_ms
         self.ctx = ctx or default_context()
         self.target = get_target(NAME)
-        self.tiles = tiles_of(self.target)
+        self.num_threads = threads or 0
+        team = threads if threads is not None else openmp.default_threads()
+        self.tiles = tiles_of(self.target, team)
         self.cache_dir = cache_dir  # kernels are cached in memory only (JIT is ~0.1 s a graph)
 
     def unsupported(self, graph: Graph) -> list[str]:
@@ -265,7 +307,7 @@ class MlirCpuBackend:
 
     def _kernel(self, graph: Graph, dims: Mapping[str, int]) -> tuple[Any, CpuKernel, list[np.ndarray]]:
         exp = export_graph(graph, dims, NAME)
-        kernel = compile_module(exp, self.tiles)
+        kernel = compile_module(exp, self.tiles, num_threads=self.num_threads, spin_ms=self.spin_ms)
         n_in = len(exp.input_names)
         consts = []
         for j, ref in enumerate(exp.constant_refs):

@@ -49,15 +49,24 @@ BUFFERIZE = Stage(
     "canonicalize,cse,buffer-deallocation-pipeline,convert-bufferization-to-memref,canonicalize,cse",
     "tensors to memrefs; results written into caller-owned out arrays; temporaries freed",
 )
-CPU_LOWER = Stage(
-    "lower-to-llvm",
-    "canonicalize,cse,func.func(convert-linalg-to-loops),convert-vector-to-scf,expand-strided-metadata,"
-    "lower-affine,arith-expand,math-extend-to-supported-types,convert-math-to-llvm,convert-math-to-libm,"
-    "convert-scf-to-cf,convert-vector-to-llvm{reassociate-fp-reductions=1},finalize-memref-to-llvm,"
-    "convert-arith-to-llvm,convert-index-to-llvm,convert-func-to-llvm,convert-cf-to-llvm,convert-ub-to-llvm,"
-    "reconcile-unrealized-casts,canonicalize,cse",
-    "leftover linalg to loops; vector, memref, math (libm for erf and friends) and control flow to LLVM",
-)
+
+
+def cpu_lower(num_threads: int = 0) -> Stage:
+    """Lowering to the LLVM dialect. The schedule's scf.forall loops become OpenMP worksharing
+    loops with ``num_threads`` threads (0: the OpenMP runtime's default); memref.alloca_scope from
+    the OpenMP conversion must be lowered before scf-to-cf, hence finalize-memref-to-llvm twice."""
+    return Stage(
+        "lower-to-llvm",
+        "scf-forall-to-parallel,canonicalize,cse,func.func(convert-linalg-to-loops),convert-vector-to-scf,"
+        f"expand-strided-metadata,lower-affine,convert-scf-to-openmp{{num-threads={num_threads}}},"
+        "arith-expand,math-extend-to-supported-types,convert-math-to-llvm,convert-math-to-libm,"
+        "finalize-memref-to-llvm,convert-scf-to-cf,convert-openmp-to-llvm,"
+        "convert-vector-to-llvm{reassociate-fp-reductions=1},finalize-memref-to-llvm,"
+        "convert-arith-to-llvm,convert-index-to-llvm,convert-func-to-llvm,convert-cf-to-llvm,convert-ub-to-llvm,"
+        "reconcile-unrealized-casts,canonicalize,cse",
+        "leftover linalg to loops; parallel loops to OpenMP; vector, memref, math (libm for erf and "
+        "friends) and control flow to LLVM",
+    )
 
 
 def bufferized(spec: ModuleSpec, context: mlir_ir.Context, backend: str) -> mlir_ir.Module:
@@ -107,6 +116,11 @@ class CpuTiles:
     # multiply-accumulate generics over several contracted dims (the attention output projection
     # over heads x head-dim): off, the vector patterns looped forever on the GPT-2 block with it
     contractions: bool = False
+    #: the outer tile loop of each op becomes an scf.forall (an OpenMP worksharing loop) when
+    #: threads > 1 and the op does at least ``min_parallel`` loop iterations (smaller ops cost
+    #: less than a fork/join)
+    threads: int = 1
+    min_parallel: int = 16384
 
 
 # Pattern groups are applied one after the other (each to a fixpoint). lower_shape_cast is left
@@ -248,13 +262,18 @@ def _matmul_schedule(i: int, op: mlir_ir.Operation, tiles: CpuTiles) -> list[str
     tn = _fit(n, tiles.tn)
     strip = _divisor(n, (tiles.strip, tiles.tn))
     cur = h
+    parallel = tiles.threads > 1 and _volume(c[0]) * a[0][-1] >= tiles.min_parallel
     if strip is not None and n > strip and strip % tn == 0:
         sizes = [*pre, 0, strip, 0]
         nl = len(pre) + 1
-        lines.append(
-            f"%s{i}, %sl{i}:{nl} = transform.structured.tile_using_for {cur} tile_sizes {sizes}"
-            f" : (!transform.any_op) -> (!transform.any_op{', !transform.any_op' * nl})"
-        )
+        if parallel:  # strips (and batches) are the parallel loop; each thread packs its own panel
+            lines.append(_forall(f"%s{i}", f"%sl{i}", cur, sizes))
+            parallel = False
+        else:
+            lines.append(
+                f"%s{i}, %sl{i}:{nl} = transform.structured.tile_using_for {cur} tile_sizes {sizes}"
+                f" : (!transform.any_op) -> (!transform.any_op{', !transform.any_op' * nl})"
+            )
         lines.append(
             f"%p{i} = transform.structured.promote %s{i} {{operands_to_promote = [1], "
             "use_full_tile_buffers = [false, false], alignment = 64}"
@@ -270,6 +289,11 @@ def _matmul_schedule(i: int, op: mlir_ir.Operation, tiles: CpuTiles) -> list[str
         )
         lines.append(f"transform.structured.vectorize %cpt{i} : !transform.any_op")
         cur = f"%p{i}"
+    if parallel:  # no strips: batches, or blocks of rows
+        blocks = m // tm
+        rows = tm * _fit(blocks, max(1, blocks // (2 * tiles.threads)))
+        lines.append(_forall(f"%pm{i}", f"%pml{i}", cur, [*pre, 0 if batch else rows, 0, 0]))
+        cur = f"%pm{i}"
     sizes = [*pre, tm, tn, 1]
     nloops = len(sizes)
     lines.append(
@@ -278,6 +302,22 @@ def _matmul_schedule(i: int, op: mlir_ir.Operation, tiles: CpuTiles) -> list[str
     )
     lines.append(f"transform.structured.vectorize %t{i} : !transform.any_op")
     return lines
+
+
+def _volume(shape: Sequence[int]) -> int:
+    v = 1
+    for x in shape:
+        v *= x
+    return v
+
+
+def _forall(tiled: str, loop: str, op: str, sizes: list[int]) -> str:
+    """A tile_using_forall line: the tile loop becomes scf.forall (then scf.parallel, then an
+    OpenMP worksharing loop in the lowering)."""
+    return (
+        f"{tiled}, {loop} = transform.structured.tile_using_forall {op} tile_sizes {sizes}"
+        " : (!transform.any_op) -> (!transform.any_op, !transform.any_op)"
+    )
 
 
 def _loop_ranges(op: mlir_ir.Operation) -> list[int] | None:
@@ -379,6 +419,13 @@ def _generic_schedule(i: int, op: mlir_ir.Operation, tiles: CpuTiles) -> list[st
         " : (!transform.any_op) -> !transform.any_op"
     ]
     cur = h
+    outer = next((d for d in range(len(ranges) - 1) if "parallel" in iters[d] and ranges[d] > 1), None)
+    if outer is not None and tiles.threads > 1 and _volume(ranges) >= tiles.min_parallel:
+        # the outermost parallel loop, one index per iteration: the static OpenMP schedule gives
+        # each thread a contiguous run of them
+        lines.append(_forall(f"%gp{i}", f"%gpl{i}", h, [1 if d == outer else 0 for d in range(len(ranges))]))
+        h = cur = f"%gp{i}"
+        sizes[outer] = 0
     if any(sizes):
         nloops = sum(1 for s in sizes if s)
         lines.append(

@@ -14,23 +14,34 @@ import pytest
 pytest.importorskip("mlir.execution_engine")
 
 from kiln.backends.mlir.common import HandModule, kiln_ops_of
-from kiln.backends.mlir.cpu import CpuKernel, compile_module
+from kiln.backends.mlir.cpu import CpuKernel, MlirCpuBackend, compile_module, lowered_text
+from kiln.backends.mlir.pipeline import CpuTiles
 from kiln.ir.errors import BackendError
 
 RNG = np.random.default_rng(0)
 F32 = np.dtype(np.float32)
 
 
-def kernel(
+def hand(
     text: str, name: str, args: list[np.ndarray], results: list[tuple[tuple[int, ...], Any]]
-) -> CpuKernel:
-    spec = HandModule(
+) -> HandModule:
+    return HandModule(
         text,
         name,
         [(a.shape, a.dtype) for a in args],
         [(tuple(s), np.dtype(d)) for s, d in results],
     )
-    k = compile_module(spec, strict=True)
+
+
+def kernel(
+    text: str,
+    name: str,
+    args: list[np.ndarray],
+    results: list[tuple[tuple[int, ...], Any]],
+    threads: int = 1,
+) -> CpuKernel:
+    spec = hand(text, name, args, results)
+    k = compile_module(spec, CpuTiles(threads=threads), strict=True, num_threads=threads)
     assert k.schedule_note is None
     return k
 
@@ -372,10 +383,10 @@ func.func public @mm(%a: tensor<{M}x{K}xf32>, %b: tensor<{K}x{N}xf32>) -> tensor
 """
 
 
-def matmul_gflops(m: int, k: int, n: int, reps: int = 10) -> tuple[float, float]:
+def matmul_gflops(m: int, k: int, n: int, reps: int = 10, threads: int = 1) -> tuple[float, float]:
     """GFLOP/s of the mlir-cpu schedule and of NumPy (best of ``reps``) on an m x k x n matmul."""
     a, b = rand(m, k), rand(k, n)
-    kern = kernel(MATMUL.format(M=m, K=k, N=n), "mm", [a, b], [((m, n), F32)])
+    kern = kernel(MATMUL.format(M=m, K=k, N=n), "mm", [a, b], [((m, n), F32)], threads=threads)
     out = np.empty((m, n), np.float32)
     kern.call_raw([a, b, out])
     np.testing.assert_allclose(out, a @ b, rtol=1e-3, atol=1e-3)
@@ -393,6 +404,115 @@ def matmul_gflops(m: int, k: int, n: int, reps: int = 10) -> tuple[float, float]
 
 def test_matmul_512_gflops(capsys: pytest.CaptureFixture[str]) -> None:
     ours, ref = matmul_gflops(512, 512, 512)
+    par, _ = matmul_gflops(512, 512, 512, threads=2)
     with capsys.disabled():
-        print(f"\nmlir-cpu matmul 512^3: {ours:.1f} GFLOP/s (1 thread); numpy/BLAS: {ref:.1f} GFLOP/s")
-    assert ours > 0
+        print(
+            f"\nmlir-cpu matmul 512^3: {ours:.1f} GFLOP/s (1 thread), {par:.1f} (2 threads); "
+            f"numpy/BLAS: {ref:.1f} GFLOP/s"
+        )
+    assert ours > 0 and par > 0
+
+
+# -- parallel kernels (OpenMP) ------------------------------------------------------------------
+# Threads only split parallel loops (strips, batches, rows), never a reduction, so a parallel
+# kernel's results are bitwise those of the sequential one.
+
+
+@pytest.mark.parametrize(
+    "m,k,n",
+    [
+        (128, 256, 512),  # column strips are the parallel loop
+        (1, 768, 768),  # decode: strips of one row
+        (64, 128, 64),  # no strips: blocks of rows
+        (13, 24, 40),  # too small: stays sequential
+    ],
+)
+def test_parallel_matmul_gelu_equals_sequential(m: int, k: int, n: int) -> None:
+    a, b, bias = rand(m, k), rand(k, n), rand(n)
+    args = [a, b, bias]
+    (seq,) = kernel(MLP.format(M=m, K=k, N=n), "mlp", args, [((m, n), F32)])(args)
+    (par,) = kernel(MLP.format(M=m, K=k, N=n), "mlp", args, [((m, n), F32)], threads=2)(args)
+    np.testing.assert_array_equal(par, seq)
+    h = a.astype(np.float64) @ b + bias
+    np.testing.assert_allclose(par, 0.5 * h * (1 + erf(h / np.sqrt(2))), rtol=2e-5, atol=2e-5)
+
+
+def test_parallel_row_reductions_equal_sequential() -> None:
+    x, g, b = rand(128, 768), rand(768), rand(768)
+    text = LAYERNORM.format(R=128, D=768)
+    (seq,) = kernel(text, "ln", [x, g, b], [((128, 768), F32)])([x, g, b])
+    (par,) = kernel(text, "ln", [x, g, b], [((128, 768), F32)], threads=2)([x, g, b])
+    np.testing.assert_array_equal(par, seq)
+    mu = x.mean(-1, keepdims=True)
+    want = (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
+    np.testing.assert_allclose(par, want, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_loops_become_openmp_only_when_asked() -> None:
+    a, b, bias = rand(128, 256), rand(256, 512), rand(512)
+    spec = hand(MLP.format(M=128, K=256, N=512), "mlp", [a, b, bias], [((128, 512), F32)])
+    par = lowered_text(spec, CpuTiles(threads=2), num_threads=2)
+    assert "omp.parallel" in par and "omp.wsloop" in par
+    assert "omp.parallel" not in lowered_text(spec, CpuTiles(threads=1))
+
+
+def attention_graph(h: int, s: int, d: int) -> tuple[Any, dict[str, np.ndarray]]:
+    import kiln
+
+    def attn(q: Any, k: Any, v: Any) -> Any:
+        p = kiln.ops.softmax(q @ k.transpose(0, 2, 1), axis=-1)
+        return p @ v
+
+    q, k, v = rand(h, s, d), rand(h, s, d), rand(h, s, d)
+    graph = kiln.jit(attn).lower(q, k, v).graph
+    return graph, {n: x for n, x in zip(graph.input_names, (q, k, v), strict=True)}
+
+
+def test_parallel_backend_batch_matmul_matches_numpy() -> None:
+    graph, feeds = attention_graph(12, 128, 64)
+    (got,) = MlirCpuBackend(threads=2).compile(graph)(feeds).values()
+    (seq,) = MlirCpuBackend(threads=1).compile(graph)(feeds).values()
+    q, k, v = (feeds[n].astype(np.float64) for n in graph.input_names)
+    s = q @ k.transpose(0, 2, 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, (p / p.sum(-1, keepdims=True)) @ v, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got, seq)
+
+
+def test_parallel_kernels_share_the_process_with_numba_parallel() -> None:
+    """libomp is opened privately: numba's OpenMP layer (GNU libgomp) keeps working beside it."""
+    import numba
+
+    @numba.njit(parallel=True)
+    def row_sums(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape[0])
+        for i in numba.prange(x.shape[0]):
+            out[i] = x[i].sum()
+        return out
+
+    a, b, bias = rand(128, 256), rand(256, 512), rand(512)
+    mlp = kernel(MLP.format(M=128, K=256, N=512), "mlp", [a, b, bias], [((128, 512), F32)], threads=2)
+    for _ in range(3):
+        (y,) = mlp([a, b, bias])
+        np.testing.assert_allclose(row_sums(y), y.astype(np.float64).sum(1), rtol=1e-4, atol=1e-3)
+
+
+def test_backend_thread_options_are_checked() -> None:
+    with pytest.raises(BackendError, match="threads must be >= 1"):
+        MlirCpuBackend(threads=0)
+    with pytest.raises(BackendError, match="spin_ms must be >= 0"):
+        MlirCpuBackend(spin_ms=-1)
+
+
+def test_missing_openmp_runtime_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.backends.mlir import openmp
+
+    openmp.runtime.cache_clear()
+    monkeypatch.setattr(openmp.metadata, "files", lambda name: [])
+    try:
+        with pytest.raises(BackendError, match="cmeel-libomp"):
+            MlirCpuBackend(threads=None)
+        MlirCpuBackend(threads=1)  # sequential kernels need no runtime
+    finally:
+        monkeypatch.undo()
+        openmp.runtime.cache_clear()
