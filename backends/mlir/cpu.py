@@ -24,8 +24,8 @@ from ...ir.core import Graph
 from ...ir.errors import BackendError, KilnError
 from ...ir.registry import Context, default_context
 from ...ir.targets import Target, get_target
+from .. import openmp
 from ..base import CompiledFn
-from . import openmp
 from .approx import approximate_math
 from .common import (
     ArgType,

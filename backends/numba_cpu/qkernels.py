@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -30,13 +31,15 @@ if "GOMP_SPINCOUNT" not in os.environ:  # see __init__.py: set before numba star
 import numba
 import numpy as np
 from llvmlite import ir as llir
-from numba import njit, prange, types
+from numba import carray, cfunc, njit, prange, types
 from numba.extending import intrinsic
 
 from ...ir.dtypes import Layout, QuantType, Scheme
 from ...ir.errors import BackendError
 from ...ir.quant import affine, codes_dtype, codes_shape, group_len, n_groups
+from .. import openmp
 from . import llvm_kernels as lk
+from . import omp_fork
 
 ACTS = ("f32", "int8")
 
@@ -159,35 +162,177 @@ def _call_kernel(typingctx, fptr, n0, n1, codes, scales, zeros, xq, x_stride, sx
     return sig, codegen
 
 
-@njit(parallel=True)
-def _drive(  # type: ignore[no-untyped-def]
-    addrs, chunk, n, m_rows, k, codes_p, scales_p, zeros_p, x_p, x_row, xsum_p, xsum_row, xs_p, xs_row, out_p
+@njit
+def _drive_chunk(  # type: ignore[no-untyped-def]
+    c,
+    addrs,
+    chunk,
+    n,
+    m_rows,
+    k,
+    codes_p,
+    scales_p,
+    zeros_p,
+    x_p,
+    x_row,
+    xsum_p,
+    xsum_row,
+    xs_p,
+    xs_row,
+    out_p,
 ):
-    """Run the LLVM kernels over chunks of weight rows (threads) and blocks of up to 4 activation
-    rows; ``addrs[mb - 1] = (R, R-row kernel, 1-row kernel)``. ``*_row`` are the byte strides per
-    activation row of the activation-side arrays (0 for those a kernel variant does not read)."""
-    for c in prange((n + chunk - 1) // chunk):
-        n0 = c * chunk
-        n1 = min(n, n0 + chunk)
-        m0 = 0
-        while m0 < m_rows:
-            mb = min(4, m_rows - m0)
-            nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
-            split = n0 + (n1 - n0) // nr * nr
-            x_, xsum_, xs_ = x_p + m0 * x_row, xsum_p + m0 * xsum_row, xs_p + m0 * xs_row
-            out_ = out_p + 4 * m0 * n
-            if split > n0:
-                _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
-            if n1 > split:
-                _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
-            m0 += mb
-
-
-_drive_serial = njit(parallel=False)(_drive.py_func)  # the same loop on the calling thread only
+    """Weight rows ``[c * chunk, (c + 1) * chunk)`` against every activation row, in blocks of up
+    to 4 activation rows; ``addrs[mb - 1] = (R, R-row kernel, 1-row kernel)``. ``*_row`` are the
+    byte strides per activation row of the activation-side arrays (0 for those a kernel variant
+    does not read)."""
+    n0 = c * chunk
+    n1 = min(n, n0 + chunk)
+    m0 = 0
+    while m0 < m_rows:
+        mb = min(4, m_rows - m0)
+        nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
+        split = n0 + (n1 - n0) // nr * nr
+        x_, xsum_, xs_ = x_p + m0 * x_row, xsum_p + m0 * xsum_row, xs_p + m0 * xs_row
+        out_ = out_p + 4 * m0 * n
+        if split > n0:
+            _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
+        if n1 > split:
+            _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
+        m0 += mb
 
 
 @njit
-def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, parallel):  # type: ignore[no-untyped-def]
+def _drive_serial(  # type: ignore[no-untyped-def]
+    addrs, chunk, n, m_rows, k, codes_p, scales_p, zeros_p, x_p, x_row, xsum_p, xsum_row, xs_p, xs_row, out_p
+):
+    for c in range((n + chunk - 1) // chunk):
+        _drive_chunk(
+            c,
+            addrs,
+            chunk,
+            n,
+            m_rows,
+            k,
+            codes_p,
+            scales_p,
+            zeros_p,
+            x_p,
+            x_row,
+            xsum_p,
+            xsum_row,
+            xs_p,
+            xs_row,
+            out_p,
+        )
+
+
+@intrinsic
+def _i64_ptr(typingctx, addr):  # type: ignore[no-untyped-def]
+    """An int64 address as a pointer to int64 (to view a parameter block with carray)."""
+    sig = types.CPointer(types.int64)(types.int64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+N_PARAMS = 15  # the parameter block of _chunk_body: the address of addrs, then _drive_chunk's ints
+
+
+@cfunc(types.void(types.int64, types.int64))
+def _chunk_body(c, params):  # type: ignore[no-untyped-def]
+    """One chunk of the parallel driver, called on libomp's threads (omp_fork.kiln_fork)."""
+    p = carray(_i64_ptr(params), (N_PARAMS,))  # type: ignore[call-arg]
+    addrs = carray(_i64_ptr(p[0]), (4, 3))  # type: ignore[call-arg]
+    _drive_chunk(
+        c, addrs, p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14]
+    )
+
+
+_CHUNK_BODY = _chunk_body.address  # a constant in _drive
+
+
+@intrinsic
+def _call_fork(typingctx, fptr, body, params, n_chunks, n_threads):  # type: ignore[no-untyped-def]
+    """Call omp_fork's ``kiln_fork`` by address: ``void(i64 x 4)``."""
+    sig = types.void(*([types.int64] * 5))
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64 = llir.IntType(64)
+        fnty = llir.FunctionType(llir.VoidType(), [i64] * 4)
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def _drive(  # type: ignore[no-untyped-def]
+    fork,
+    threads,
+    addrs,
+    chunk,
+    n,
+    m_rows,
+    k,
+    codes_p,
+    scales_p,
+    zeros_p,
+    x_p,
+    x_row,
+    xsum_p,
+    xsum_row,
+    xs_p,
+    xs_row,
+    out_p,
+):
+    """The chunks on ``threads`` libomp threads (``fork``: kiln_fork's address), or on the calling
+    thread when ``threads`` is 1."""
+    if threads <= 1:
+        _drive_serial(
+            addrs,
+            chunk,
+            n,
+            m_rows,
+            k,
+            codes_p,
+            scales_p,
+            zeros_p,
+            x_p,
+            x_row,
+            xsum_p,
+            xsum_row,
+            xs_p,
+            xs_row,
+            out_p,
+        )
+        return
+    params = np.array(
+        [
+            addrs.ctypes.data,
+            chunk,
+            n,
+            m_rows,
+            k,
+            codes_p,
+            scales_p,
+            zeros_p,
+            x_p,
+            x_row,
+            xsum_p,
+            xsum_row,
+            xs_p,
+            xs_row,
+            out_p,
+        ],
+        np.int64,
+    )
+    _call_fork(fork, _CHUNK_BODY, params.ctypes.data, (n + chunk - 1) // chunk, threads)  # type: ignore[call-arg]
+
+
+@njit
+def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, fork, threads):  # type: ignore[no-untyped-def]
     """The int8 path in one call: quantize the activations, lay their group sums out as accumulator
     lanes (see llvm_kernels.Plan.first_lanes), then drive the kernels."""
     m_rows, k = x.shape
@@ -201,16 +346,13 @@ def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, par
         for t in range(steps):
             for j in range(per):
                 xsl[m, t, first[j]] = np.int32(sx[m, t * per + j])  # exact: |sum| <= 127 K
-    drive = (addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data,
-             xq.ctypes.data, k, xsl.ctypes.data, 4 * steps * 16, xs.ctypes.data, 4, out.ctypes.data)  # fmt: skip
-    if parallel:
-        _drive(*drive)
-    else:
-        _drive_serial(*drive)
+    _drive(fork, threads, addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data,
+           zeros.ctypes.data, xq.ctypes.data, k, xsl.ctypes.data, 4 * steps * 16, xs.ctypes.data, 4,
+           out.ctypes.data)  # fmt: skip
 
 
 @njit
-def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out, parallel):  # type: ignore[no-untyped-def]
+def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out, fork, threads):  # type: ignore[no-untyped-def]
     """The float-activation path: x copied into the kernels' block order, then the same driver (the
     kernels read no group sums and no activation scales)."""
     m_rows, k = x.shape
@@ -220,22 +362,8 @@ def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out, parallel):  # typ
         for b0 in range(0, k, sb):
             for p in range(sb):
                 xp[m, b0 + p] = x[m, b0 + perm[p]]
-    drive = (addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data, zeros.ctypes.data,
-             xp.ctypes.data, 4 * k, 0, 0, 0, 0, out.ctypes.data)  # fmt: skip
-    if parallel:
-        _drive(*drive)
-    else:
-        _drive_serial(*drive)
-
-
-def omp_workers_sleep() -> bool:
-    """Whether numba's OpenMP workers sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE, which
-    the backend sets unless the user chose a policy). Waking them costs 50-200 us on the VMs kiln is
-    measured on, more than a GEMV of a GPT-2 weight takes on one core, so GEMVs then run serially."""
-    spin = os.environ.get("GOMP_SPINCOUNT")
-    if spin is not None:
-        return spin.strip() == "0"
-    return os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive"
+    _drive(fork, threads, addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data,
+           zeros.ctypes.data, xp.ctypes.data, 4 * k, 0, 0, 0, 0, out.ctypes.data)  # fmt: skip
 
 
 # --- the kernel object ---------------------------------------------------------------------------
@@ -268,7 +396,9 @@ class QMatmulKernel:
     _first: np.ndarray = field(init=False, repr=False)
     _scale_dtype: np.dtype = field(init=False, repr=False)
     _zeros: np.ndarray = field(init=False, repr=False)
-    _workers_sleep: bool = field(default_factory=omp_workers_sleep, repr=False)
+    #: libomp workers spin this long after a kernel before they sleep (next GEMV starts at once)
+    spin_ms: int = 5
+    _fork: int = field(default=0, repr=False)  # omp_fork.kiln_fork's address; 0: run serially
 
     def __post_init__(self) -> None:
         if self.compiled is not None and self.plan is not None:
@@ -279,6 +409,10 @@ class QMatmulKernel:
             self._first = np.array(p.first_lanes, np.int64)
             self._scale_dtype = np.dtype(np.float16 if p.scale_f16 else np.float32)
             self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
+            try:
+                self._fork = omp_fork.compiled_fork().address
+            except BackendError as e:
+                warnings.warn(f"qmatmul: running on one thread: {e}", stacklevel=2)
 
     @property
     def path(self) -> str:
@@ -336,17 +470,20 @@ class QMatmulKernel:
         p = self.plan
         if scales.dtype != self._scale_dtype or not scales.flags.c_contiguous:
             scales = np.ascontiguousarray(scales, self._scale_dtype)
-        threads = numba.get_num_threads()
-        serial = threads == 1 or (x.shape[0] <= 4 and self._workers_sleep)
+        threads = (self.threads or numba.get_num_threads()) if self._fork else 1
+        if threads > 1:
+            openmp.set_spin(self.spin_ms)
         chunk = max(4, min(64, -(-self.n // (8 * threads))))
         codes = np.ascontiguousarray(codes)
         zeros_arg = self._zeros if zeros is None else np.ascontiguousarray(zeros)
         raw_scales = scales.view(np.uint8)  # Numba has no float16 arrays; the kernel reads them as half
         if p.act == "f32":
-            _run_f32(x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out, not serial)
+            _run_f32(
+                x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out, self._fork, threads
+            )
         else:
             _run(x, self._perm, p.gl, p.steps, self._first, self.addresses, chunk, codes, raw_scales, zeros_arg,
-                 out, not serial)  # fmt: skip
+                 out, self._fork, threads)  # fmt: skip
 
     def _run_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                    out: np.ndarray) -> None:  # fmt: skip

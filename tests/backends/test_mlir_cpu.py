@@ -505,7 +505,7 @@ def test_backend_thread_options_are_checked() -> None:
 
 
 def test_missing_openmp_runtime_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kiln.backends.mlir import openmp
+    from kiln.backends import openmp
 
     openmp.runtime.cache_clear()
     monkeypatch.setattr(openmp.metadata, "files", lambda name: [])
