@@ -380,6 +380,10 @@ def _compiled(plan: lk.Plan) -> lk.Compiled:
     return lk.compile_plan(plan)
 
 
+# the arrays a kernel was called with (codes, scales, zeros), then what the LLVM kernels read
+_Prepared = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]
+
+
 @dataclass
 class QMatmulKernel:
     """``kernel(x, codes, scales, zeros, out)`` writes ``out = x @ W``; see make_qmatmul."""
@@ -399,6 +403,8 @@ class QMatmulKernel:
     #: libomp workers spin this long after a kernel before they sleep (next GEMV starts at once)
     spin_ms: int = 5
     _fork: int = field(default=0, repr=False)  # omp_fork.kiln_fork's address; 0: run serially
+    _set_spin: Any = field(default=None, repr=False)
+    _prepared: _Prepared | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.compiled is not None and self.plan is not None:
@@ -411,6 +417,7 @@ class QMatmulKernel:
             self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
             try:
                 self._fork = omp_fork.compiled_fork().address
+                self._set_spin = openmp.runtime().kmp_set_blocktime
             except BackendError as e:
                 warnings.warn(f"qmatmul: running on one thread: {e}", stacklevel=2)
 
@@ -452,31 +459,56 @@ class QMatmulKernel:
 
     def __call__(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                  out: np.ndarray) -> None:  # fmt: skip
-        self.check(x, codes, scales, zeros, out)
-        run = self._run_llvm if self.compiled is not None else self._run_numba
+        if self.compiled is None:
+            self.check(x, codes, scales, zeros, out)
+            self._call_numba(np.ascontiguousarray(x), codes, scales, zeros, out)
+            return
+        prep = self._prepared
+        if prep is None or prep[0] is not codes or prep[1] is not scales or prep[2] is not zeros:
+            self.check(x, codes, scales, zeros, out)
+            prep = self._prepare(codes, scales, zeros)
+        elif (type(x) is not np.ndarray or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != self.k
+              or x.shape[0] < 1 or type(out) is not np.ndarray or out.dtype != np.float32
+              or out.shape != (x.shape[0], self.n) or not out.flags.c_contiguous):  # fmt: skip
+            self.check(x, codes, scales, zeros, out)  # raises with the message
+        self._run_llvm(np.ascontiguousarray(x), prep, out)
+
+    def _call_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
+                    out: np.ndarray) -> None:  # fmt: skip
         if not self.threads:
-            run(np.ascontiguousarray(x), codes, scales, zeros, out)
+            self._run_numba(x, codes, scales, zeros, out)
             return
         saved = numba.get_num_threads()
         numba.set_num_threads(min(self.threads, int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
         try:
-            run(np.ascontiguousarray(x), codes, scales, zeros, out)
+            self._run_numba(x, codes, scales, zeros, out)
         finally:
             numba.set_num_threads(saved)
 
-    def _run_llvm(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
-                  out: np.ndarray) -> None:  # fmt: skip
+    def _prepare(self, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None) -> _Prepared:
+        """The weight-side arguments of the LLVM kernels, kept while the same (checked) arrays come
+        back, as the constants of a compiled graph do. Only views are kept: when an array had to
+        be converted, the copy is remade on every call so that a caller's in-place update counts."""
+        if scales.dtype != self._scale_dtype or not scales.flags.c_contiguous:
+            scales_k = np.ascontiguousarray(scales, self._scale_dtype)
+        else:
+            scales_k = scales
+        codes_k = np.ascontiguousarray(codes)
+        zeros_k = self._zeros if zeros is None else np.ascontiguousarray(zeros)
+        raw = scales_k.view(np.uint8)  # Numba has no float16 arrays; the kernel reads them as half
+        views = codes_k is codes and scales_k is scales and (zeros is None or zeros_k is zeros)
+        prep = (codes, scales, zeros, codes_k, raw, zeros_k)
+        self._prepared = prep if views else None
+        return prep
+
+    def _run_llvm(self, x: np.ndarray, prep: _Prepared, out: np.ndarray) -> None:
         assert self.plan is not None
         p = self.plan
-        if scales.dtype != self._scale_dtype or not scales.flags.c_contiguous:
-            scales = np.ascontiguousarray(scales, self._scale_dtype)
+        _, _, _, codes, raw_scales, zeros_arg = prep
         threads = (self.threads or numba.get_num_threads()) if self._fork else 1
         if threads > 1:
-            openmp.set_spin(self.spin_ms)
+            self._set_spin(self.spin_ms)
         chunk = max(4, min(64, -(-self.n // (8 * threads))))
-        codes = np.ascontiguousarray(codes)
-        zeros_arg = self._zeros if zeros is None else np.ascontiguousarray(zeros)
-        raw_scales = scales.view(np.uint8)  # Numba has no float16 arrays; the kernel reads them as half
         if p.act == "f32":
             _run_f32(
                 x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out, self._fork, threads

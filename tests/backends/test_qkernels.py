@@ -180,3 +180,33 @@ def test_threaded_gemv_beside_numba_parallel() -> None:
         out = np.empty((1, 256), np.float32)
         kern(x, qw.codes, qw.scales, qw.zeros, out)
         np.testing.assert_array_equal(scale_rows(out), 2.0 * first)
+
+
+@pytest.mark.skipif(not VNNI, reason="the prepared-weights path is the LLVM kernels'")
+def test_prepared_weights_follow_the_arrays_passed() -> None:
+    """The kernel keeps the weight-side arguments while the same arrays come back; new arrays,
+    in-place updates, and scales that needed a conversion (float32 for a float16 plan) all count."""
+    q = QuantType(4, Scheme.SYM, 128)
+    a, b = _weight(q, 256, 64, seed=1), _weight(q, 256, 64, seed=2)
+    kern = make_qmatmul(q, 256, 64, act="f32")
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+
+    def run(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        out = np.empty((1, 64), np.float32)
+        kern(x, codes, scales, None, out)
+        return out
+
+    def want(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64) @ dequantize(q, 256, codes, scales, None).astype(np.float64)
+
+    for w in (a, b, a):
+        np.testing.assert_allclose(run(w.codes, w.scales), want(w.codes, w.scales), rtol=1e-4, atol=1e-4)
+    a.codes[:] = b.codes  # in place: the same array object
+    np.testing.assert_allclose(run(a.codes, a.scales), want(b.codes, a.scales), rtol=1e-4, atol=1e-4)
+    s32 = a.scales.astype(np.float32)  # converted on every call, so an update counts
+    first = run(a.codes, s32)
+    s32 *= 2
+    np.testing.assert_allclose(run(a.codes, s32), 2 * first, rtol=1e-5, atol=1e-5)
+    with pytest.raises(BackendError, match="activations"):
+        run_bad = np.empty((1, 64), np.float32)
+        kern(x[:, :128], a.codes, a.scales, None, run_bad)
