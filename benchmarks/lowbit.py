@@ -186,6 +186,17 @@ def kernels(threads: int, quick: bool, tmp: str) -> None:
             add(f"kiln {bits}-bit {layout} (int8 act, {kern.path})", codes.nbytes + scales.nbytes,
                 lambda x, kern=kern, codes=codes, scales=scales, outs=outs:
                 kern(x, codes, scales, None, outs[x.shape[0]]))  # fmt: skip
+    # the kernels a CPU without AVX-512 VNNI runs: bit-serial popcounts (bit-sliced), unpack (packed)
+    for bits, layout, kind in ((4, Layout.BITSLICED, "popcount"), (2, Layout.BITSLICED, "popcount"),
+                               (1, Layout.BITSLICED, "popcount"), (4, Layout.PACKED, "unpack")):  # fmt: skip
+        q = QuantType(bits, Scheme.SYM if bits > 1 else Scheme.BIPOLAR, 128, layout=layout)
+        codes = pack(q, rng.integers(0, 2**bits, (n, k), dtype=np.uint8))
+        scales = (rng.random((n, k // 128)) * 0.01 + 0.001).astype(np.float16)
+        kern = make_qmatmul(q, k, n, act="int8", threads=threads, kernel=kind)
+        outs = {m: np.empty((m, n), np.float32) for m in rows}
+        add(f"kiln {bits}-bit {layout} (int8 act, {kern.path})", codes.nbytes + scales.nbytes,
+            lambda x, kern=kern, codes=codes, scales=scales, outs=outs:
+            kern(x, codes, scales, None, outs[x.shape[0]]))  # fmt: skip
     q4 = QuantType(4, Scheme.SYM, 128)
     c4, s4 = pack(q4, u4), (rng.random((n, k // 128)) * 0.01).astype(np.float16)
     kf = make_qmatmul(q4, k, n, act="f32", threads=threads)

@@ -39,7 +39,7 @@ from ...ir.errors import BackendError
 from ...ir.quant import affine, codes_dtype, codes_shape, group_len, n_groups
 from .. import openmp
 from . import llvm_kernels as lk
-from . import omp_fork
+from . import omp_fork, popcount
 
 ACTS = ("f32", "int8")
 
@@ -336,7 +336,9 @@ def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, for
     """The int8 path in one call: quantize the activations, lay their group sums out as accumulator
     lanes (see llvm_kernels.Plan.first_lanes), then drive the kernels."""
     m_rows, k = x.shape
-    xq = np.empty((m_rows, k), np.int8)
+    xbuf = np.empty(m_rows * k + 64, np.int8)
+    xoff = (64 - (xbuf.ctypes.data % 64)) % 64
+    xq = xbuf[xoff : xoff + m_rows * k].reshape(m_rows, k)
     sx = np.empty((m_rows, k // gl), np.float32)
     xs = np.empty(m_rows, np.float32)
     _quantize_act(x, perm, gl, xq, sx, xs)
@@ -405,6 +407,7 @@ class QMatmulKernel:
     _fork: int = field(default=0, repr=False)  # omp_fork.kiln_fork's address; 0: run serially
     _set_spin: Any = field(default=None, repr=False)
     _prepared: _Prepared | None = field(default=None, repr=False)
+    bit_serial: bool = False  # the Numba path runs the bit-serial popcount kernels (popcount.py)
 
     def __post_init__(self) -> None:
         if self.compiled is not None and self.plan is not None:
@@ -424,7 +427,7 @@ class QMatmulKernel:
     @property
     def path(self) -> str:
         if self.compiled is None:
-            return f"numba-{self.act}"
+            return "numba-popcount" if self.bit_serial else f"numba-{self.act}"
         return "llvm-vnni" if self.act == "int8" else "llvm-f32"
 
     def check(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
@@ -534,15 +537,34 @@ class QMatmulKernel:
         sx = np.empty((m, k // gl), np.float32)
         xs = np.empty(m, np.float32)
         _quantize_act(x, np.arange(k, dtype=np.int64), gl, xq, sx, xs)
+        if self.bit_serial:
+            xplanes = np.empty((m, 8, k // 64), np.uint64)
+            popcount.slice_activations(xq, xplanes)
+            planes = np.ascontiguousarray(codes)
+            popcount.popcount_int8(xplanes, sx, xs, planes, gl, s32, cvals, np.float32(a), out)
+            return
         _numba_int8(xq, sx, xs, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
 
 
+KERNELS = ("vnni", "popcount", "unpack")
+
+
 def make_qmatmul(
-    q: QuantType, k: int, n: int, *, act: str = "f32", threads: int | None = None, vnni: bool | None = None
+    q: QuantType,
+    k: int,
+    n: int,
+    *,
+    act: str = "f32",
+    threads: int | None = None,
+    vnni: bool | None = None,
+    kernel: str | None = None,
 ) -> QMatmulKernel:
     """A kernel computing ``out = x @ dequantize(q, k, codes, scales, zeros)`` for ``x: f32[M, k]``.
 
-    ``vnni=False`` forces the portable Numba path (tests use it); ``None`` detects the CPU.
+    ``kernel``: ``"vnni"`` (LLVM IR, AVX-512 VNNI), ``"popcount"`` (bit-serial, bit-sliced
+    weights with int8 activations), ``"unpack"`` (Numba, any format), or None to choose: VNNI
+    where the CPU has it, else popcount where it applies, else unpack. ``vnni=False`` leaves the
+    VNNI kernels out of the choice.
     """
     from ...ir.errors import KilnError
     from ...ir.quant import check_shape
@@ -558,22 +580,43 @@ def make_qmatmul(
         raise BackendError(f"qmatmul: N must be >= 1, got {n}")
     if threads is not None and threads < 1:
         raise BackendError(f"qmatmul: threads must be >= 1, got {threads}")
-    use_vnni = lk.host_has_vnni() if vnni is None else vnni and lk.host_has_vnni()
+    if kernel is not None and kernel not in KERNELS:
+        raise BackendError(f"qmatmul: kernel must be one of {KERNELS} or None, got {kernel!r}")
+    gl = group_len(q, k)
     plan = None
-    if use_vnni:
-        a, c = _offsets(q)
-        scale_f16 = q.scale_dtype.np_dtype == np.float16
-        plan = lk.plan_for(q.bits, q.layout == Layout.BITSLICED, k, group_len(q, k), a, c, scale_f16, act)
-    return QMatmulKernel(q, k, n, act, threads, plan, _compiled(plan) if plan is not None else None)
+    if kernel in (None, "vnni") and vnni is not False:
+        if lk.host_has_vnni():
+            a, c = _offsets(q)
+            scale_f16 = q.scale_dtype.np_dtype == np.float16
+            plan = lk.plan_for(q.bits, q.layout == Layout.BITSLICED, k, gl, a, c, scale_f16, act)
+        if kernel == "vnni" and plan is None:
+            why = (
+                "this CPU lacks AVX-512 VNNI"
+                if not lk.host_has_vnni()
+                else f"they do not cover {q.name}, K={k}"
+            )
+            raise BackendError(f"qmatmul: no VNNI kernel: {why}; use kernel=None to pick another")
+    bit_serial = popcount.supports(q, k, gl, act)
+    if kernel == "popcount" and not bit_serial:
+        raise BackendError(
+            f"qmatmul: the popcount kernels need bit-sliced weights, int8 activations and groups that are "
+            f"whole 64-weight words or divide one; got {q.name}, act={act}, group length {gl}"
+        )
+    use_popcount = plan is None and bit_serial and kernel != "unpack"
+    return QMatmulKernel(
+        q, k, n, act, threads, plan, _compiled(plan) if plan is not None else None, bit_serial=use_popcount
+    )
 
 
 def kernel_source(kern: QMatmulKernel) -> str:
     """Readable source of what runs: the generated LLVM IR, or the Numba kernels' Python source."""
     if kern.compiled is not None:
         return kern.compiled.ir_text
-    fns: list[Any] = (
-        [_unpack_row, _unpack_row_f32, _numba_f32]
-        if kern.act == "f32"
-        else [_quantize_act, _unpack_row, _numba_int8]
-    )
+    fns: list[Any]
+    if kern.bit_serial:
+        fns = [_quantize_act, popcount.slice_activations, popcount.popcount_int8]
+    elif kern.act == "f32":
+        fns = [_unpack_row, _unpack_row_f32, _numba_f32]
+    else:
+        fns = [_quantize_act, _unpack_row, _numba_int8]
     return "\n\n".join(inspect.getsource(f.py_func) for f in fns)

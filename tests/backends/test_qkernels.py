@@ -33,12 +33,20 @@ def _weight(q: QuantType, k: int, n: int, seed: int) -> QuantizedWeight:
     return quantize(w, q, clip_search=0)
 
 
-def _check(q: QuantType, qw: QuantizedWeight, m: int, act: str, vnni: bool | None, seed: int = 1) -> None:
+def _check(
+    q: QuantType,
+    qw: QuantizedWeight,
+    m: int,
+    act: str,
+    vnni: bool | None,
+    seed: int = 1,
+    kernel: str | None = None,
+) -> None:
     k, n = qw.k, qw.n
     x = np.random.default_rng(seed).standard_normal((m, k)).astype(np.float32)
     w = dequantize(q, k, qw.codes, qw.scales, qw.zeros).astype(np.float64)
     out = np.full((m, n), np.nan, np.float32)
-    kern = make_qmatmul(q, k, n, act=act, vnni=vnni)
+    kern = make_qmatmul(q, k, n, act=act, vnni=vnni, kernel=kernel)
     kern(x, qw.codes, qw.scales, qw.zeros, out)
     exact = x.astype(np.float64) @ w
     norm = float(np.abs(exact).max()) + 1e-12
@@ -75,11 +83,57 @@ def test_kernels_full_sweep(q: QuantType) -> None:
 @pytest.mark.parametrize("q", _qtypes([2, 4, 5], [32]), ids=lambda q: q.name)
 def test_numba_fallback_matches(q: QuantType) -> None:
     """The portable path (what a CPU without AVX-512 VNNI runs) computes the same integers."""
-    kern = make_qmatmul(q, 256, 40, act="int8", vnni=False)
+    kern = make_qmatmul(q, 256, 40, act="int8", kernel="unpack")
     assert kern.compiled is None and "def _numba_int8" in kernel_source(kern)
     qw = _weight(q, 256, 40, seed=7)
     for m in (1, 5, 16):
-        _check(q, qw, m, "int8", vnni=False)
+        _check(q, qw, m, "int8", vnni=False, kernel="unpack")
+
+
+BIT_SERIAL = [
+    QuantType(bits, scheme, group, layout=Layout.BITSLICED)
+    for bits, scheme, group in itertools.product(range(1, 9), SCHEMES, [16, 32, 64, 128, 0])
+    if not (scheme == Scheme.SYM and bits == 1)
+]
+
+
+@pytest.mark.parametrize("q", BIT_SERIAL, ids=lambda q: q.name)
+def test_popcount_kernels_match(q: QuantType) -> None:
+    """Bit-serial popcount products (bit-sliced weights x bit-sliced int8 activations) give the
+    integers of the reference's act=int8 semantics, bit for bit those of the unpack kernel."""
+    kern = make_qmatmul(q, 256, 24, act="int8", kernel="popcount")
+    assert kern.path == "numba-popcount" and "def popcount_int8" in kernel_source(kern)
+    qw = _weight(q, 256, 24, seed=q.bits)
+    for m in (1, 4):
+        _check(q, qw, m, "int8", vnni=False, seed=m, kernel="popcount")
+    x = np.random.default_rng(5).standard_normal((3, 256)).astype(np.float32)
+    outs = []
+    for k in ("popcount", "unpack"):
+        out = np.empty((3, 24), np.float32)
+        make_qmatmul(q, 256, 24, act="int8", kernel=k)(x, qw.codes, qw.scales, qw.zeros, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_kernel_choice_and_refusals() -> None:
+    sliced = QuantType(4, Scheme.SYM, 64, layout=Layout.BITSLICED)
+    assert make_qmatmul(sliced, 256, 8, act="int8", vnni=False).path == "numba-popcount"
+    assert make_qmatmul(sliced, 256, 8, act="f32", vnni=False).path == "numba-f32"  # no float popcounts
+    packed = QuantType(4, Scheme.SYM, 64)
+    assert make_qmatmul(packed, 256, 8, act="int8", vnni=False).path == "numba-int8"
+    with pytest.raises(BackendError, match="popcount kernels need bit-sliced"):
+        make_qmatmul(packed, 256, 8, act="int8", kernel="popcount")
+    with pytest.raises(BackendError, match="group length 48"):
+        make_qmatmul(
+            QuantType(4, Scheme.SYM, 48, layout=Layout.BITSLICED), 192, 8, act="int8", kernel="popcount"
+        )
+    with pytest.raises(BackendError, match="kernel must be one of"):
+        make_qmatmul(packed, 256, 8, kernel="simd")
+    if VNNI:
+        assert make_qmatmul(sliced, 256, 8, act="int8").path == "llvm-vnni"
+    else:
+        with pytest.raises(BackendError, match="lacks AVX-512 VNNI"):
+            make_qmatmul(packed, 256, 8, act="int8", kernel="vnni")
 
 
 @settings(max_examples=25, deadline=None)
