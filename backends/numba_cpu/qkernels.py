@@ -38,6 +38,7 @@ from ...ir.dtypes import Layout, QuantType, Scheme
 from ...ir.errors import BackendError
 from ...ir.quant import affine, codes_dtype, codes_shape, group_len, n_groups
 from .. import openmp
+from . import amx_kernels as amx
 from . import llvm_kernels as lk
 from . import omp_fork, popcount
 
@@ -408,6 +409,7 @@ class QMatmulKernel:
     _set_spin: Any = field(default=None, repr=False)
     _prepared: _Prepared | None = field(default=None, repr=False)
     bit_serial: bool = False  # the Numba path runs the bit-serial popcount kernels (popcount.py)
+    amx: amx.AmxCompiled | None = field(default=None, repr=False)  # the GEMM for M >= AMX_MIN_ROWS
 
     def __post_init__(self) -> None:
         if self.compiled is not None and self.plan is not None:
@@ -418,6 +420,8 @@ class QMatmulKernel:
             self._first = np.array(p.first_lanes, np.int64)
             self._scale_dtype = np.dtype(np.float16 if p.scale_f16 else np.float32)
             self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
+            if amx.supports(self.plan) and amx.amx_available():
+                self.amx = amx.compile_amx(self.plan)
             try:
                 self._fork = omp_fork.compiled_fork().address
                 self._set_spin = openmp.runtime().kmp_set_blocktime
@@ -474,7 +478,36 @@ class QMatmulKernel:
               or x.shape[0] < 1 or type(out) is not np.ndarray or out.dtype != np.float32
               or out.shape != (x.shape[0], self.n) or not out.flags.c_contiguous):  # fmt: skip
             self.check(x, codes, scales, zeros, out)  # raises with the message
-        self._run_llvm(np.ascontiguousarray(x), prep, out)
+        if self.amx is not None and x.shape[0] >= AMX_MIN_ROWS:
+            self._run_amx(np.ascontiguousarray(x), prep, out)
+        else:
+            self._run_llvm(np.ascontiguousarray(x), prep, out)
+
+    def _run_amx(self, x: np.ndarray, prep: _Prepared, out: np.ndarray) -> None:
+        """The AMX GEMM (amx_kernels.py): activations int8 in the kernels' block order, then in
+        the VNNI layout; panels of 32 weight rows forked over the threads."""
+        assert self.plan is not None and self.amx is not None
+        p, m = self.plan, x.shape[0]
+        _, scales, zeros, codes, _, _ = prep
+        xq = np.empty((m, self.k), np.int8)
+        sx = np.empty((m, p.groups), np.float32)
+        xs = np.zeros(-(-m // 32) * 32, np.float32)
+        _quantize_act(x, self._perm, p.gl, xq, sx, xs[:m])
+        mp = xs.shape[0]
+        xv = np.empty((self.k // 64, mp // 16, 16, 64), np.int8)
+        sxt = np.empty((p.groups, mp), np.float32)
+        amx.vnni_activations(xq, xv, sx, sxt)
+        s32 = np.ascontiguousarray(scales, np.float32)
+        z = np.ascontiguousarray(zeros) if zeros is not None else self._zeros
+        threads = (self.threads or numba.get_num_threads()) if self._fork else 1
+        if threads > 1:
+            self._set_spin(self.spin_ms)
+        fields = {"decode": self.amx.decode, "group": self.amx.group, "epilogue": self.amx.epilogue,
+                  "codes": codes.ctypes.data, "scales": s32.ctypes.data, "zeros": z.ctypes.data,
+                  "xv": xv.ctypes.data, "sxt": sxt.ctypes.data, "xs": xs.ctypes.data, "out": out.ctypes.data,
+                  "n": self.n, "k": self.k, "gl": p.gl, "mp": mp, "m_rows": m}  # fmt: skip
+        params = np.array([fields[f] for f in amx.PARAMS], np.int64)
+        amx.run_panels(self._fork, threads, params, -(-self.n // 32))
 
     def _call_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                     out: np.ndarray) -> None:  # fmt: skip
@@ -547,6 +580,7 @@ class QMatmulKernel:
 
 
 KERNELS = ("vnni", "popcount", "unpack")
+AMX_MIN_ROWS = 32  # activation rows from which the AMX GEMM beats the VNNI kernels (benchmarks/lowbit.py)
 
 
 def make_qmatmul(
@@ -611,6 +645,10 @@ def make_qmatmul(
 def kernel_source(kern: QMatmulKernel) -> str:
     """Readable source of what runs: the generated LLVM IR, or the Numba kernels' Python source."""
     if kern.compiled is not None:
+        if kern.amx is not None:
+            return (
+                f"{kern.compiled.ir_text}\n\n; the AMX GEMM for M >= {AMX_MIN_ROWS} rows\n{kern.amx.ir_text}"
+            )
         return kern.compiled.ir_text
     fns: list[Any]
     if kern.bit_serial:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.backends.numba_cpu import llvm_kernels
+from kiln.backends.numba_cpu import amx_kernels, llvm_kernels
 from kiln.backends.numba_cpu.qkernels import kernel_source, make_qmatmul
 from kiln.ir.dtypes import Layout, QuantType, Scheme
 from kiln.ir.errors import BackendError
@@ -264,3 +264,46 @@ def test_prepared_weights_follow_the_arrays_passed() -> None:
     with pytest.raises(BackendError, match="activations"):
         run_bad = np.empty((1, 64), np.float32)
         kern(x[:, :128], a.codes, a.scales, None, run_bad)
+
+
+AMX = VNNI and amx_kernels.amx_available()
+AMX_FORMATS = [
+    QuantType(4, Scheme.SYM, 128),
+    QuantType(4, Scheme.ASYM, 128),
+    QuantType(8, Scheme.SYM, 64),
+    QuantType(2, Scheme.BIPOLAR, 256),
+    QuantType(1, Scheme.BIPOLAR, 0),
+    QuantType(3, Scheme.ASYM, 64),
+    QuantType(4, Scheme.SYM, 0, layout=Layout.BITSLICED),
+    QuantType(8, Scheme.ASYM, 128, layout=Layout.BITSLICED),
+]
+
+
+@pytest.mark.skipif(not AMX, reason="needs AMX-INT8 and the kernel's permission to use it")
+@pytest.mark.parametrize("q", AMX_FORMATS, ids=lambda q: q.name)
+def test_amx_gemm_matches(q: QuantType) -> None:
+    """M >= 32 runs the AMX GEMM: the same integers as the reference's act=int8 semantics, for
+    ragged M and N (padding rows and weight rows past N), and threads split panels only."""
+    k, n = 512, 70
+    kern = make_qmatmul(q, k, n, act="int8")
+    assert kern.amx is not None and "llvm.x86.tdpbusd.internal" in kernel_source(kern)
+    qw = _weight(q, k, n, seed=q.bits)
+    for m in (32, 45, 96):
+        _check(q, qw, m, "int8", vnni=None, seed=m)
+    x = np.random.default_rng(9).standard_normal((40, k)).astype(np.float32)
+    outs = []
+    for threads in (1, 2):
+        out = np.empty((40, n), np.float32)
+        make_qmatmul(q, k, n, act="int8", threads=threads)(x, qw.codes, qw.scales, qw.zeros, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif(not VNNI, reason="the AMX GEMM extends the VNNI kernels")
+def test_amx_covers_groups_of_whole_blocks_only() -> None:
+    """Groups inside a decoder block (4-bit groups of 32 or 64) keep the VNNI kernels at any M."""
+    q = QuantType(4, Scheme.SYM, 64)
+    kern = make_qmatmul(q, 512, 16, act="int8")
+    assert kern.amx is None
+    qw = _weight(q, 512, 16, seed=1)
+    _check(q, qw, 40, "int8", vnni=None)
