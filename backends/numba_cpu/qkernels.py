@@ -56,20 +56,28 @@ def _quantize_act(
     within each block of ``len(perm)`` weights), with the integer group sums in ``sx``."""
     m_rows, k = x.shape
     sb = perm.shape[0]
-    q = np.empty(k, np.float32)
+    q = np.empty(k, np.int32)
+    # |x|max on the bit patterns: for floats without their sign, unsigned order is float order
+    # (NaN above inf), and an integer max vectorises where a float max (NaN rules) does not
+    bits = x.view(np.uint32)
+    top = np.empty(m_rows, np.uint32)
     for m in range(m_rows):
-        amax = np.float32(0.0)
+        mx = np.uint32(0)
         for i in range(k):
-            amax = max(amax, abs(x[m, i]))
+            mx = max(mx, bits[m, i] & np.uint32(0x7FFFFFFF))
+        top[m] = mx
+    amaxes = top.view(np.float32)
+    for m in range(m_rows):
+        amax = amaxes[m]
         scale = amax / np.float32(127.0) if amax > 0 else np.float32(1.0)
         xs[m] = amax / np.float32(127.0)
         for i in range(k):  # natural order first: this loop vectorises; x / scale as the reference does
-            q[i] = min(max(np.rint(x[m, i] / scale), np.float32(-127.0)), np.float32(127.0))
+            q[i] = np.int32(min(max(np.rint(x[m, i] / scale), np.float32(-127.0)), np.float32(127.0)))
         for g in range(k // gl):
-            acc = np.float32(0.0)
+            acc = 0  # integer sums vectorise (a float sum would be one dependent add per element)
             for i in range(g * gl, (g + 1) * gl):
                 acc += q[i]
-            sx[m, g] = acc
+            sx[m, g] = np.float32(acc)
         for b0 in range(0, k, sb):  # then the kernel's order: a gather within each block
             for p in range(sb):
                 xq[m, b0 + p] = np.int8(q[b0 + perm[p]])
