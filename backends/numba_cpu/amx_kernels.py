@@ -25,8 +25,11 @@ from functools import cache
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
+import numpy as np
+from numba import carray, cfunc, njit, types
 
 from . import llvm_kernels as lk
+from .ffi import call_i64, ptr_of
 
 TILE = 16  # rows and int32 columns of an AMX tile
 PANEL = 2 * TILE  # weight rows per decode, activation rows per tile pair
@@ -255,37 +258,6 @@ def compile_amx(p: lk.Plan) -> AmxCompiled:
 
 # --- the driver (Numba): panels of 32 weight rows, forked over threads like the GEMV chunks -------
 
-import numpy as np  # noqa: E402
-from llvmlite import ir as llir  # noqa: E402
-from numba import carray, cfunc, njit, types  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
-
-
-@intrinsic
-def _call_i64(typingctx, fptr, a0, a1, a2, a3, a4, a5, a6, a7, a8):  # type: ignore[no-untyped-def]
-    """Call ``void f(i64 x 9)`` by address; functions with fewer i64 parameters ignore the
-    trailing ones (x86-64 passes them in registers and on the caller's stack)."""
-    sig = types.void(*([types.int64] * 10))
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        i64 = llir.IntType(64)
-        fnty = llir.FunctionType(llir.VoidType(), [i64] * 9)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _ptr(typingctx, addr, kind):  # type: ignore[no-untyped-def]
-    """An int64 address as a pointer to the element type named by ``kind`` (a typed zero)."""
-    sig = types.CPointer(kind)(types.int64, kind)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
 
 @njit(fastmath=True)
 def vnni_activations(xq, xv, sx, sxt):  # type: ignore[no-untyped-def]
@@ -316,14 +288,16 @@ def amx_panel(  # type: ignore[no-untyped-def]
     pairs = mp // 32
     c = np.empty((pairs, groups, 4, 16, 16), np.int32)
     f = np.empty((32, 32), np.float32)
-    _call_i64(dec, codes_p, n0, nv, panel.ctypes.data, 0, 0, 0, 0, 0)  # type: ignore[call-arg]
-    _call_i64(grp, panel.ctypes.data, xv_p, (mp // 16) * 1024, c.ctypes.data, gl // 64, groups, pairs, 0, 0)  # type: ignore[call-arg]
+    call_i64(dec, (codes_p, n0, nv, panel.ctypes.data), (panel,))  # type: ignore[call-arg]
+    call_i64(
+        grp, (panel.ctypes.data, xv_p, (mp // 16) * 1024, c.ctypes.data, gl // 64, groups, pairs), (panel, c)
+    )  # type: ignore[call-arg]
     for pi in range(pairs):
         mp0 = 32 * pi
         f[:] = 0
         for g in range(groups):
-            _call_i64(epi, c[pi, g].ctypes.data, f.ctypes.data, sxt.ctypes.data + 4 * (g * mp + mp0),  # type: ignore[call-arg]
-                      scales_p, zeros_p, n0, nv, g, groups)  # fmt: skip
+            call_i64(epi, (c[pi, g].ctypes.data, f.ctypes.data, sxt.ctypes.data + 4 * (g * mp + mp0),  # type: ignore[call-arg]
+                      scales_p, zeros_p, n0, nv, g, groups), (c, f, sxt))  # fmt: skip
         for r in range(nv):
             for mm in range(min(32, m_rows - mp0)):
                 out[mp0 + mm, n0 + r] = f[r, mm] * xs[mp0 + mm]
@@ -332,16 +306,17 @@ def amx_panel(  # type: ignore[no-untyped-def]
 #: the parameter block of panel_body, int64 each (addresses of the compiled functions and arrays)
 PARAMS = ("decode", "group", "epilogue", "codes", "scales", "zeros", "xv", "sxt", "xs", "out",
           "n", "k", "gl", "mp", "m_rows")  # fmt: skip
+N_PARAMS = len(PARAMS)
 
 
 @cfunc(types.void(types.int64, types.int64))
 def panel_body(pair, params):  # type: ignore[no-untyped-def]
     """One panel on a libomp thread (omp_fork.kiln_fork); ``params``: the block named by PARAMS."""
-    p = carray(_ptr(params, np.int64(0)), (15,))  # type: ignore[call-arg]
+    p = carray(ptr_of(params, np.int64(0)), (N_PARAMS,))  # type: ignore[call-arg]
     n, k, gl, mp, m_rows = p[10], p[11], p[12], p[13], p[14]
-    sxt = carray(_ptr(p[7], np.float32(0)), (k // gl, mp))  # type: ignore[call-arg]
-    xs = carray(_ptr(p[8], np.float32(0)), (mp,))  # type: ignore[call-arg]
-    out = carray(_ptr(p[9], np.float32(0)), (m_rows, n))  # type: ignore[call-arg]
+    sxt = carray(ptr_of(p[7], np.float32(0)), (k // gl, mp))  # type: ignore[call-arg]
+    xs = carray(ptr_of(p[8], np.float32(0)), (mp,))  # type: ignore[call-arg]
+    out = carray(ptr_of(p[9], np.float32(0)), (m_rows, n))  # type: ignore[call-arg]
     amx_panel(pair, p[0], p[1], p[2], p[3], n, k, gl, p[4], p[5], p[6], mp, sxt, xs, m_rows, out)
 
 
@@ -352,7 +327,7 @@ PANEL_BODY = panel_body.address
 def run_panels(fork, threads, params, n_panels):  # type: ignore[no-untyped-def]
     """Every panel: forked on libomp when ``threads`` > 1, else on the calling thread."""
     if threads > 1:
-        _call_i64(fork, PANEL_BODY, params.ctypes.data, n_panels, threads, 0, 0, 0, 0, 0)  # type: ignore[call-arg]
-    else:  # panel_body is void(i64, i64): the extra zero arguments are ignored (x86-64 ABI)
+        call_i64(fork, (PANEL_BODY, params.ctypes.data, n_panels, threads), (params,))  # type: ignore[call-arg]
+    else:
         for pair in range(n_panels):
-            _call_i64(PANEL_BODY, pair, params.ctypes.data, 0, 0, 0, 0, 0, 0, 0)  # type: ignore[call-arg]
+            call_i64(PANEL_BODY, (pair, params.ctypes.data), (params,))  # type: ignore[call-arg]

@@ -30,9 +30,7 @@ if "GOMP_SPINCOUNT" not in os.environ:  # see __init__.py: set before numba star
 
 import numba
 import numpy as np
-from llvmlite import ir as llir
 from numba import carray, cfunc, njit, prange, types
-from numba.extending import intrinsic
 
 from ...ir.dtypes import Layout, QuantType, Scheme
 from ...ir.errors import BackendError
@@ -41,6 +39,7 @@ from .. import openmp
 from . import amx_kernels as amx
 from . import llvm_kernels as lk
 from . import omp_fork, popcount
+from .ffi import call_i64, ptr_of
 
 ACTS = ("f32", "int8")
 
@@ -156,44 +155,20 @@ def _numba_f32(x, codes, bitsliced, bits, gl, scales, cvals, a, out):  # type: i
             out[m, n] = acc
 
 
-@intrinsic
-def _call_kernel(typingctx, fptr, n0, n1, codes, scales, zeros, xq, x_stride, sx, xs, out, out_stride):  # type: ignore[no-untyped-def]
-    """Call an LLVM kernel by address: ``void(i64 x 11)``. Addresses are plain ints, so the driver
-    below compiles once for every kernel and its dispatch checks only integers."""
-    sig = types.void(*([types.int64] * 12))
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        i64 = llir.IntType(64)
-        fnty = llir.FunctionType(llir.VoidType(), [i64] * 11)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
-        return context.get_dummy_value()
-
-    return sig, codegen
+#: the parameter block of the driver (int64 each): the address of the (R, R-row kernel, 1-row
+#: kernel) table per activation-block height, then sizes, addresses and byte strides per
+#: activation row (0 for the arrays a kernel variant does not read)
+DRIVE = ("addrs", "chunk", "n", "m_rows", "k", "codes", "scales", "zeros", "x", "x_row", "xsum", "xsum_row",
+         "xs", "xs_row", "out")  # fmt: skip
+N_DRIVE = len(DRIVE)
 
 
 @njit
-def _drive_chunk(  # type: ignore[no-untyped-def]
-    c,
-    addrs,
-    chunk,
-    n,
-    m_rows,
-    k,
-    codes_p,
-    scales_p,
-    zeros_p,
-    x_p,
-    x_row,
-    xsum_p,
-    xsum_row,
-    xs_p,
-    xs_row,
-    out_p,
-):
+def _drive_chunk(c, p):  # type: ignore[no-untyped-def]
     """Weight rows ``[c * chunk, (c + 1) * chunk)`` against every activation row, in blocks of up
-    to 4 activation rows; ``addrs[mb - 1] = (R, R-row kernel, 1-row kernel)``. ``*_row`` are the
-    byte strides per activation row of the activation-side arrays (0 for those a kernel variant
-    does not read)."""
+    to 4 activation rows (``p``: the DRIVE block)."""
+    addrs = carray(ptr_of(p[0], np.int64(0)), (4, 3))  # type: ignore[call-arg]
+    chunk, n, m_rows, k = p[1], p[2], p[3], p[4]
     n0 = c * chunk
     n1 = min(n, n0 + chunk)
     m0 = 0
@@ -201,143 +176,43 @@ def _drive_chunk(  # type: ignore[no-untyped-def]
         mb = min(4, m_rows - m0)
         nr, many, one = addrs[mb - 1, 0], addrs[mb - 1, 1], addrs[mb - 1, 2]
         split = n0 + (n1 - n0) // nr * nr
-        x_, xsum_, xs_ = x_p + m0 * x_row, xsum_p + m0 * xsum_row, xs_p + m0 * xs_row
-        out_ = out_p + 4 * m0 * n
+        x_, xsum_, xs_ = p[8] + m0 * p[9], p[10] + m0 * p[11], p[12] + m0 * p[13]
+        out_ = p[14] + 4 * m0 * n
         if split > n0:
-            _call_kernel(many, n0, split, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
+            call_i64(many, (n0, split, p[5], p[6], p[7], x_, k, xsum_, xs_, out_, n), ())  # type: ignore[call-arg]
         if n1 > split:
-            _call_kernel(one, split, n1, codes_p, scales_p, zeros_p, x_, k, xsum_, xs_, out_, n)  # type: ignore[call-arg]
+            call_i64(one, (split, n1, p[5], p[6], p[7], x_, k, xsum_, xs_, out_, n), ())  # type: ignore[call-arg]
         m0 += mb
-
-
-@njit
-def _drive_serial(  # type: ignore[no-untyped-def]
-    addrs, chunk, n, m_rows, k, codes_p, scales_p, zeros_p, x_p, x_row, xsum_p, xsum_row, xs_p, xs_row, out_p
-):
-    for c in range((n + chunk - 1) // chunk):
-        _drive_chunk(
-            c,
-            addrs,
-            chunk,
-            n,
-            m_rows,
-            k,
-            codes_p,
-            scales_p,
-            zeros_p,
-            x_p,
-            x_row,
-            xsum_p,
-            xsum_row,
-            xs_p,
-            xs_row,
-            out_p,
-        )
-
-
-@intrinsic
-def _i64_ptr(typingctx, addr):  # type: ignore[no-untyped-def]
-    """An int64 address as a pointer to int64 (to view a parameter block with carray)."""
-    sig = types.CPointer(types.int64)(types.int64)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
-
-N_PARAMS = 15  # the parameter block of _chunk_body: the address of addrs, then _drive_chunk's ints
 
 
 @cfunc(types.void(types.int64, types.int64))
 def _chunk_body(c, params):  # type: ignore[no-untyped-def]
     """One chunk of the parallel driver, called on libomp's threads (omp_fork.kiln_fork)."""
-    p = carray(_i64_ptr(params), (N_PARAMS,))  # type: ignore[call-arg]
-    addrs = carray(_i64_ptr(p[0]), (4, 3))  # type: ignore[call-arg]
-    _drive_chunk(
-        c, addrs, p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14]
-    )
+    _drive_chunk(c, carray(ptr_of(params, np.int64(0)), (N_DRIVE,)))  # type: ignore[call-arg]
 
 
 _CHUNK_BODY = _chunk_body.address  # a constant in _drive
 
 
-@intrinsic
-def _call_fork(typingctx, fptr, body, params, n_chunks, n_threads):  # type: ignore[no-untyped-def]
-    """Call omp_fork's ``kiln_fork`` by address: ``void(i64 x 4)``."""
-    sig = types.void(*([types.int64] * 5))
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        i64 = llir.IntType(64)
-        fnty = llir.FunctionType(llir.VoidType(), [i64] * 4)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
-        return context.get_dummy_value()
-
-    return sig, codegen
+@njit
+def _drive(fork, threads, params, keep):  # type: ignore[no-untyped-def]
+    """Every chunk on ``threads`` libomp threads (``fork``: kiln_fork's address), or on the calling
+    thread when ``threads`` is 1. ``keep``: the caller's temporaries that ``params`` points into,
+    held alive for the call (see ffi.call_i64)."""
+    n_chunks = (params[2] + params[1] - 1) // params[1]
+    if threads <= 1:
+        for c in range(n_chunks):
+            _drive_chunk(c, params)
+    else:
+        call_i64(fork, (_CHUNK_BODY, params.ctypes.data, n_chunks, threads), keep)  # type: ignore[call-arg]
 
 
 @njit
-def _drive(  # type: ignore[no-untyped-def]
-    fork,
-    threads,
-    addrs,
-    chunk,
-    n,
-    m_rows,
-    k,
-    codes_p,
-    scales_p,
-    zeros_p,
-    x_p,
-    x_row,
-    xsum_p,
-    xsum_row,
-    xs_p,
-    xs_row,
-    out_p,
-):
-    """The chunks on ``threads`` libomp threads (``fork``: kiln_fork's address), or on the calling
-    thread when ``threads`` is 1."""
-    if threads <= 1:
-        _drive_serial(
-            addrs,
-            chunk,
-            n,
-            m_rows,
-            k,
-            codes_p,
-            scales_p,
-            zeros_p,
-            x_p,
-            x_row,
-            xsum_p,
-            xsum_row,
-            xs_p,
-            xs_row,
-            out_p,
-        )
-        return
-    params = np.array(
-        [
-            addrs.ctypes.data,
-            chunk,
-            n,
-            m_rows,
-            k,
-            codes_p,
-            scales_p,
-            zeros_p,
-            x_p,
-            x_row,
-            xsum_p,
-            xsum_row,
-            xs_p,
-            xs_row,
-            out_p,
-        ],
-        np.int64,
-    )
-    _call_fork(fork, _CHUNK_BODY, params.ctypes.data, (n + chunk - 1) // chunk, threads)  # type: ignore[call-arg]
+def _drive_params(addrs, chunk, out, k, codes, scales, zeros, x, x_row, xsum, xsum_row, xs, xs_row):  # type: ignore[no-untyped-def]
+    """The DRIVE block; ``x``, ``xsum``, ``xs`` are addresses (the caller keeps their arrays)."""
+    return np.array([addrs.ctypes.data, chunk, out.shape[1], out.shape[0], k, codes.ctypes.data,
+                     scales.ctypes.data, zeros.ctypes.data, x, x_row, xsum, xsum_row, xs, xs_row,
+                     out.ctypes.data], np.int64)  # fmt: skip
 
 
 @njit
@@ -357,9 +232,9 @@ def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, for
         for t in range(steps):
             for j in range(per):
                 xsl[m, t, first[j]] = np.int32(sx[m, t * per + j])  # exact: |sum| <= 127 K
-    _drive(fork, threads, addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data,
-           zeros.ctypes.data, xq.ctypes.data, k, xsl.ctypes.data, 4 * steps * 16, xs.ctypes.data, 4,
-           out.ctypes.data)  # fmt: skip
+    params = _drive_params(addrs, chunk, out, k, codes, scales, zeros, xq.ctypes.data, k, xsl.ctypes.data,
+                           4 * steps * 16, xs.ctypes.data, 4)  # fmt: skip
+    _drive(fork, threads, params, (xq, xsl, xs))
 
 
 @njit
@@ -373,8 +248,8 @@ def _run_f32(x, perm, addrs, chunk, codes, scales, zeros, out, fork, threads):  
         for b0 in range(0, k, sb):
             for p in range(sb):
                 xp[m, b0 + p] = x[m, b0 + perm[p]]
-    _drive(fork, threads, addrs, chunk, out.shape[1], m_rows, k, codes.ctypes.data, scales.ctypes.data,
-           zeros.ctypes.data, xp.ctypes.data, 4 * k, 0, 0, 0, 0, out.ctypes.data)  # fmt: skip
+    params = _drive_params(addrs, chunk, out, k, codes, scales, zeros, xp.ctypes.data, 4 * k, 0, 0, 0, 0)
+    _drive(fork, threads, params, (xp,))
 
 
 # --- the kernel object ---------------------------------------------------------------------------
