@@ -44,29 +44,68 @@ def _attention(q, k, v, bias, out, scale, causal):  # type: ignore[no-untyped-de
     neg_inf = np.float32(-np.inf)
     if sq == 1:  # decoding: one query per head, so scores are a matrix-vector product over K's rows
         for n in prange(n_batch):
-            kend = sk
             sc = np.empty(sk, np.float32)
-            mx = neg_inf
-            for b in range(kend):
+            qs = np.empty(d, np.float32)
+            o = np.empty(dv, np.float32)  # a local accumulator: no aliasing with v, so it vectorises
+            for e in range(d):
+                qs[e] = q[n, 0, e] * scale
+            # four keys per pass: four independent sums instead of one reduction per key
+            b = 0
+            while b + 4 <= sk:
+                x0 = np.float32(0.0)
+                x1 = np.float32(0.0)
+                x2 = np.float32(0.0)
+                x3 = np.float32(0.0)
+                for e in range(d):
+                    qe = qs[e]
+                    x0 += qe * k[n, b, e]
+                    x1 += qe * k[n, b + 1, e]
+                    x2 += qe * k[n, b + 2, e]
+                    x3 += qe * k[n, b + 3, e]
+                sc[b] = x0
+                sc[b + 1] = x1
+                sc[b + 2] = x2
+                sc[b + 3] = x3
+                b += 4
+            while b < sk:
                 x = np.float32(0.0)
                 for e in range(d):
-                    x += q[n, 0, e] * k[n, b, e]
-                x = x * scale + bias[n, 0, b]
+                    x += qs[e] * k[n, b, e]
+                sc[b] = x
+                b += 1
+            mx = neg_inf
+            for b in range(sk):
+                x = sc[b] + bias[n, 0, b]
                 sc[b] = x
                 mx = max(mx, x)
             total = np.float32(0.0)
-            for b in range(kend):
+            for b in range(sk):
                 p = fexp(sc[b] - mx)
                 sc[b] = p
                 total += p
-            inv = np.float32(1.0) / total
-            o = np.zeros(dv, np.float32)  # a local accumulator: no aliasing with v, so it vectorises
-            for b in range(kend):
-                p = sc[b] * inv
-                for e in range(dv):
-                    o[e] += p * v[n, b, e]
             for e in range(dv):
-                out[n, 0, e] = o[e]
+                o[e] = np.float32(0.0)
+            # eight keys per update of o: one update per key would chain every key through o's
+            # loads and stores, latency-bound
+            b = 0
+            while b + 8 <= sk:
+                p0, p1, p2, p3 = sc[b], sc[b + 1], sc[b + 2], sc[b + 3]
+                p4, p5, p6, p7 = sc[b + 4], sc[b + 5], sc[b + 6], sc[b + 7]
+                for e in range(dv):
+                    o[e] += (
+                        p0 * v[n, b, e] + p1 * v[n, b + 1, e] + p2 * v[n, b + 2, e] + p3 * v[n, b + 3, e]
+                    ) + (
+                        p4 * v[n, b + 4, e] + p5 * v[n, b + 5, e] + p6 * v[n, b + 6, e] + p7 * v[n, b + 7, e]
+                    )
+                b += 8
+            while b < sk:
+                p0 = sc[b]
+                for e in range(dv):
+                    o[e] += p0 * v[n, b, e]
+                b += 1
+            inv = np.float32(1.0) / total
+            for e in range(dv):
+                out[n, 0, e] = o[e] * inv
         return
     for task in prange(n_batch * nqb):
         n = task // nqb

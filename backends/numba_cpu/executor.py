@@ -12,12 +12,17 @@ Lowering table (op -> how it runs):
   fused groups or attention in dtypes the generated kernels do not handle (integers, f16, bf16).
 Anything else is refused with the op's name, or run by the reference semantics with a warning
 when the user asked for ``fallback``. Intermediate buffers are planned once (backends/memory.py)
-and reused on every call; outputs are copied out so callers never see a buffer change.
+and reused on every call. The blocks of the outputs (and of the values planned inside them, such as
+a per-layer KV cache written in place into the stacked cache) are allocated anew for every call, so
+the arrays a call returns are its own and are not copied out; steps reach such buffers through the
+table ``bufs``, whose entries ``run`` refreshes. Outputs that are inputs, constants or results of
+NumPy steps are copied.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -94,9 +99,23 @@ class Executor:
                 "target 'numba-cpu' cannot compile:\n  " + "\n  ".join(refused)
                 + "\n(compile with fallback=True to run these ops with the reference semantics)"
             )  # fmt: skip
+        # per-call buffers: value -> (output root, byte offset); bufs[j] = derive(buffer of v)
+        self.fresh: dict[Value, tuple[Value, int]] = {}
+        self.bufs: list[Any] = []
+        self.refresh: list[tuple[int, Value, Callable[[np.ndarray], Any]]] = []
+        self.out_root: dict[Value, Value] = {}
+        self.pool: dict[Value, list[np.ndarray]] = {}  # output blocks by root, reused when unused
         self.buffers = self.plan()
+        self.fresh_roots = list(dict.fromkeys(r for r, _ in self.fresh.values()))
+        self.fresh_views = [  # what new_outputs slices, worked out once: computing types is slow
+            (v, (r, off, off + _bytes(v), v.tensor_type.scalar_dtype.np_dtype, v.tensor_type.static_shape))
+            for v, (r, off) in self.fresh.items()
+        ]
         self.steps: list[Step] = [self.lower(n) for n in graph.nodes]
-        self.out_slots = [(name, self.slot[v]) for name, v in graph.outputs]
+        self.out_slots = [
+            (name, self.slot[v], self.out_root[v] if self.out_root[v] in self.fresh else None)
+            for name, v in graph.outputs
+        ]
         ops, kernels = kernel_counts(graph)
         self.stats: dict[str, Any] = {"kernels": kernels, "ops": ops, "peak_bytes": self.peak_bytes}
         self.warm_up()
@@ -144,23 +163,59 @@ class Executor:
         outputs = {v for _, v in self.graph.outputs}
         slices = self._concat_destinations(alias, nbytes, outputs)
         alias.update({p: c for p, (c, _) in slices.items()})
+        for v in outputs:  # the block an output is (or views) is allocated per call
+            r = v
+            while r in alias:
+                r = alias[r]
+            self.out_root[v] = r
         mp = plan_buffers(steps, nbytes, alias, pinned=outputs)
         self.peak_bytes = mp.peak_bytes
         blocks = [np.empty(max(s, 1), np.uint8) for s in mp.sizes]
         buffers: dict[Value, np.ndarray] = {}
+        roots = set(self.out_root.values())
         for v, b in mp.block_of.items():
-            t = v.tensor_type
-            dt = t.scalar_dtype.np_dtype
-            buffers[v] = blocks[b][: _bytes(v)].view(dt).reshape(t.static_shape)
+            buffers[v] = _view(blocks[b], 0, v)
+            if v in roots:
+                self.fresh[v] = (v, 0)
         for v in slices:  # a concat operand planned in place: its bytes of the concat's buffer
             off, root = 0, v
             while root in slices:
                 root, o = slices[root]
                 off += o
-            t = v.tensor_type
-            block = blocks[mp.block_of[root]]
-            buffers[v] = block[off : off + _bytes(v)].view(t.scalar_dtype.np_dtype).reshape(t.static_shape)
+            buffers[v] = _view(blocks[mp.block_of[root]], off, v)
+            if root in roots:
+                self.fresh[v] = (root, off)
         return buffers
+
+    def buf(self, v: Value, derive: Callable[[np.ndarray], Any] = lambda a: a) -> int:
+        """The index in ``bufs`` of ``derive(buffer of v)``: fixed, or refreshed on every call when
+        ``v`` lives in an output's block. Steps read ``bufs[j]`` when they run."""
+        self.bufs.append(derive(self.buffers[v]))
+        if v in self.fresh:
+            self.refresh.append((len(self.bufs) - 1, v, derive))
+        return len(self.bufs) - 1
+
+    def new_outputs(self) -> dict[Value, np.ndarray]:
+        """The output blocks of this call; ``bufs`` entries that live in them follow. A block an
+        earlier call returned is taken again once nothing outside the pool refers to it (the caller
+        dropped every array viewing it): freeing and remapping megabytes on every call, then
+        faulting the pages in again, costs more than the kernels that fill them."""
+        blocks: dict[Value, np.ndarray] = {}
+        for r in self.fresh_roots:
+            pool = self.pool.setdefault(r, [])
+            i = _unused(pool)
+            if i < 0:
+                pool.append(np.empty(max(_bytes(r), 1), np.uint8))
+                i = len(pool) - 1
+            blocks[r] = pool[i]
+            if len(pool) > POOLED_BLOCKS:  # callers keep many results alive: stop pooling them
+                pool.pop(i)
+        arrays = {
+            v: blocks[r][lo:hi].view(dt).reshape(shape) for v, (r, lo, hi, dt, shape) in self.fresh_views
+        }
+        for j, v, derive in self.refresh:
+            self.bufs[j] = derive(arrays[v])
+        return blocks
 
     def _concat_destinations(
         self, alias: dict[Value, Value], nbytes: dict[Value, int], outputs: set[Value]
@@ -222,51 +277,61 @@ class Executor:
             return self.lower_attention(n, ins, outs)
         if op == "qmatmul":
             return self.lower_qmatmul(n, ins, outs)
+        bufs = self.bufs
         if op == "matmul":
-            buf = self.buffers[n.results[0]]
+            j = self.buf(n.results[0])
             a, b, o = ins[0], ins[1], outs[0]
 
             def matmul(env: list[Any]) -> None:
-                env[o] = np.matmul(env[a], env[b], out=buf)
+                env[o] = np.matmul(env[a], env[b], out=bufs[j])
 
             return matmul
         if op in VIEWS:
             return self.lower_view(n, ins, outs)
         if op == "concat":
-            buf = self.buffers[n.results[0]]
             axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]
             in_place = self._in_place.get(n, set())
+            j = self.buf(n.results[0])
             if not in_place:
 
                 def concat(env: list[Any]) -> None:
-                    env[o] = np.concatenate([env[i] for i in ins], axis=axis, out=buf)
+                    env[o] = np.concatenate([env[i] for i in ins], axis=axis, out=bufs[j])
 
                 return concat
             bounds = np.cumsum([0, *(v.tensor_type.static_shape[axis] for v in n.operands)])
-            parts = [
-                buf[(slice(None),) * axis + (slice(int(lo), int(hi)),)]
-                for lo, hi in itertools.pairwise(bounds)
+            keys = [
+                (slice(None),) * axis + (slice(int(lo), int(hi)),) for lo, hi in itertools.pairwise(bounds)
             ]
-            copies = [(ins[k], parts[k]) for k in range(len(ins)) if k not in in_place]
-            checks = [(ins[k], parts[k], parts[k].ctypes.data) for k in sorted(in_place)]
+            kept = sorted(in_place)
+
+            def pieces(
+                buf: np.ndarray,
+            ) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, np.ndarray, int]]]:
+                parts = [buf[key] for key in keys]
+                copies = [(ins[k], parts[k]) for k in range(len(ins)) if k not in in_place]
+                at, step = buf.ctypes.data, buf.strides[axis]  # (ctypes.data per part is slow)
+                return copies, [(ins[k], parts[k], at + int(bounds[k]) * step) for k in kept]
+
+            jp = self.buf(n.results[0], pieces)
 
             def concat_in_place(env: list[Any]) -> None:
+                copies, checks = bufs[jp]
                 for i, part, addr in checks:  # planned in place: copy only if the data is elsewhere
                     if env[i].ctypes.data != addr:
                         part[...] = env[i]
                 for i, part in copies:
                     part[...] = env[i]
-                env[o] = buf
+                env[o] = bufs[j]
 
             return concat_in_place
         if op == "gather":
-            buf = self.buffers[n.results[0]]
+            j = self.buf(n.results[0])
             axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]
             desc = n.describe()
 
             def gather(env: list[Any]) -> None:
                 try:
-                    env[o] = np.take(env[ins[0]], env[ins[1]], axis=axis, out=buf)
+                    env[o] = np.take(env[ins[0]], env[ins[1]], axis=axis, out=bufs[j])
                 except IndexError as e:
                     raise KilnError(f"{desc}: {e}") from None
 
@@ -291,15 +356,15 @@ class Executor:
             return self.numpy_step(n, ins, outs)  # f16/bf16 activations: the reference semantics
         kern = make_qmatmul(q, k, cols, act=str(n.attrs.act))  # type: ignore[attr-defined]
         self.sources.append(kernel_source(kern))
-        buf = self.buffers[n.results[0]]
-        out2 = buf.reshape(-1, cols)
+        bufs, j = self.bufs, self.buf(n.results[0])
+        j2 = self.buf(n.results[0], _reshaper((-1, cols)))
         xi, wi, si, o = ins[0], ins[1], ins[2], outs[0]
         zi = ins[3] if len(ins) == 4 else None
 
         def qmatmul(env: list[Any]) -> None:
             x = np.ascontiguousarray(env[xi]).reshape(-1, k)
-            kern(x, env[wi], env[si], None if zi is None else env[zi], out2)
-            env[o] = buf
+            kern(x, env[wi], env[si], None if zi is None else env[zi], bufs[j2])
+            env[o] = bufs[j]
 
         return qmatmul
 
@@ -377,10 +442,11 @@ class Executor:
         mm_ins = [ins[body.inputs.index(v)] for v in mm.operands] if mm is not None else []
         arg_ins = [(ins[k], shapes[acc], acc == "bcast")
                    for k, acc in enumerate(spec.input_access[1 if mm else 0 :]) if acc != "skip"]  # fmt: skip
+        bufs = self.bufs
         out_views = [
-            self.buffers[r].reshape(shapes[acc]) for r, acc in zip(n.results, spec.output_access, strict=True)
+            self.buf(r, _reshaper(shapes[acc])) for r, acc in zip(n.results, spec.output_access, strict=True)
         ]
-        out_arrays = [self.buffers[r] for r in n.results]
+        out_arrays = [self.buf(r) for r in n.results]
         cache, first = self.cache, [True]
 
         def fused(env: list[Any]) -> None:
@@ -392,14 +458,14 @@ class Executor:
                 if bcast:
                     x = np.broadcast_to(x, space)
                 args.append(np.ascontiguousarray(x).reshape(shape))
-            args.extend(out_views)
+            args.extend(bufs[j] for j in out_views)
             if first[0]:
                 first[0] = False
                 cache.call_checked(name, fn, tuple(args))
             else:
                 fn(*args)
-            for k, arr in zip(outs, out_arrays, strict=True):
-                env[k] = arr
+            for k, j in zip(outs, out_arrays, strict=True):
+                env[k] = bufs[j]
 
         return fused
 
@@ -413,8 +479,8 @@ class Executor:
         sq, d = q.static_shape[-2:]
         sk, dv = k.static_shape[-2], v.static_shape[-1]
         fn = par if nb * sq * sk >= self.target.parallel_min_elements // 4 else ser
-        out = self.buffers[n.results[0]]
-        out3 = out.reshape(nb, sq, dv)
+        bufs, j = self.bufs, self.buf(n.results[0])
+        j3 = self.buf(n.results[0], _reshaper((nb, sq, dv)))
         scale = np.float32(n.attrs.scale)  # type: ignore[attr-defined]
         causal = bool(n.attrs.causal)  # type: ignore[attr-defined]
         scores = (*lead, sq, sk)
@@ -426,13 +492,13 @@ class Executor:
             ka = np.ascontiguousarray(env[ins[1]]).reshape(nb, sk, d)
             va = np.ascontiguousarray(env[ins[2]]).reshape(nb, sk, dv)
             ba = np.broadcast_to(env[ins[3]], scores).reshape(nb, sq, sk)
-            args = (qa, ka, va, ba, out3, scale, causal)
+            args = (qa, ka, va, ba, bufs[j3], scale, causal)
             if first[0]:
                 first[0] = False
                 cache.call_checked(name, fn, args)
             else:
                 fn(*args)
-            env[o] = out
+            env[o] = bufs[j]
 
         return attention
 
@@ -442,9 +508,18 @@ class Executor:
         env: list[Any] = [None] * len(self.slot)
         for v, x in zip(self.graph.inputs, vals, strict=True):
             env[self.slot[v]] = x
+        blocks = self.new_outputs() if self.fresh else {}
         for step in self.steps:
             step(env)
-        return {name: np.array(env[s], copy=True) for name, s in self.out_slots}
+        out: dict[str, Any] = {}
+        for name, s, root in self.out_slots:
+            y = env[s]
+            block = blocks.pop(root, None) if root is not None else None  # each block goes out once
+            mine = block is not None and isinstance(y, np.ndarray) and y.flags.writeable and _inside(y, block)
+            out[name] = y if mine else np.array(y, copy=True)
+        for j, _, _ in self.refresh:  # only the caller's arrays may hold this call's blocks now
+            self.bufs[j] = None
+        return out
 
     def warm_up(self) -> None:
         """Run once on zeros so that every kernel is compiled (or loaded from cache) now."""
@@ -453,6 +528,41 @@ class Executor:
             return  # symbolic or host inputs: kernels compile on the first call
         self.run({str(v.name): np.zeros(t.static_shape, t.scalar_dtype.np_dtype)  # type: ignore[union-attr]
                   for v, t in zip(self.graph.inputs, types, strict=True)})  # fmt: skip
+
+
+def _reshaper(shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda a: a.reshape(shape)
+
+
+POOLED_BLOCKS = 4  # per output: a decode loop holds two (the last result, fed back, and the new one)
+
+
+def _unused(pool: list[np.ndarray]) -> int:
+    """The index of a block only ``pool`` refers to (every view of a block holds a reference to
+    it: NumPy points views at the array owning the memory), or -1."""
+    for i in range(len(pool)):
+        if sys.getrefcount(pool[i]) <= _SOLE_REFS:
+            return i
+    return -1
+
+
+def _sole_refs() -> int:
+    pool = [np.empty(1, np.uint8)]
+    return sys.getrefcount(pool[0])  # the same expression as in _unused, on a block nothing views
+
+
+_SOLE_REFS = _sole_refs()
+
+
+def _view(block: np.ndarray, offset: int, v: Value) -> np.ndarray:
+    t = v.tensor_type
+    return block[offset : offset + _bytes(v)].view(t.scalar_dtype.np_dtype).reshape(t.static_shape)
+
+
+def _inside(y: np.ndarray, block: np.ndarray) -> bool:
+    """Whether ``y``'s data lies in ``block`` (a step may have put a NumPy result in its place)."""
+    lo = block.ctypes.data
+    return bool(y.size) and lo <= y.ctypes.data < lo + block.nbytes
 
 
 def _bytes(v: Value) -> int:

@@ -380,3 +380,64 @@ def test_stacked_concats_are_planned_in_place(inner_is_output: bool, cache: Path
     assert planned == ({1, 2} if inner_is_output else {0, 1, 2})
     for _ in range(2):  # buffers are reused across calls
         assert_matches_reference(exe.run(inputs), graph, inputs)
+
+
+def _kv_step() -> Graph:
+    """A decode-like step: ``cache [2, T, 3], new [2, 1, 3] -> (cache ++ new)[:, 1:], sum``."""
+    b = GraphBuilder("kv_step")
+    past = b.input("past", TensorType(f32, (2, 4, 3)))
+    new = b.input("new", TensorType(f32, (2, 1, 3)))
+    grown = b.op("concat", past, b.op("exp", new), axis=1)
+    b.output("cache", b.op("slice", grown, axes=(1,), starts=(1,), stops=(5,), steps=(1,)))
+    b.output("total", b.op("reduce_sum", grown, axes=(1, 2)))
+    return b.build()
+
+
+def test_outputs_are_returned_without_a_copy_and_fed_back(cache: Path) -> None:
+    """Output blocks are the caller's: results come back uncopied, a result fed back as the next
+    input is read intact, and a block is reused only after the caller dropped every view of it."""
+    graph = _kv_step()
+    exe = kiln.compile(graph, "numba-cpu", cache_dir=cache, pipeline="")
+    ex = exe._fn.executor  # type: ignore[attr-defined]
+    ref = kiln.compile(graph, "reference", pipeline="")
+    past, want = uniform((2, 4, 3)), uniform((2, 4, 3))
+    held = []
+    for step in range(6):
+        new = uniform((2, 1, 3), seed=step)
+        got = exe.run({"past": past, "new": new})
+        expect = ref.run({"past": want, "new": new})
+        for name in expect:
+            np.testing.assert_allclose(got[name], expect[name], rtol=1e-6)
+        pooled = (b for pool in ex.pool.values() for b in pool)  # (a list would keep them in use)
+        assert any(np.shares_memory(got["cache"], b) for b in pooled), "the result was copied"
+        if step < 2:
+            held.append((got["cache"][0], got["cache"][0].copy()))  # a view of the result, kept
+        past, want = got["cache"], expect["cache"]
+    for view, snapshot in held:  # results the caller kept were never written again
+        np.testing.assert_array_equal(view, snapshot)
+    # blocks in use: the two held, the result fed back and the one being written
+    assert [len(pool) for pool in ex.pool.values()] == [4]
+    del held, got, past
+    before = {id(b) for pool in ex.pool.values() for b in pool}
+    exe.run({"past": uniform((2, 4, 3)), "new": uniform((2, 1, 3))})
+    assert {id(b) for pool in ex.pool.values() for b in pool} <= before  # dropped blocks came back
+
+
+def test_outputs_that_are_inputs_constants_or_repeats_are_copies(cache: Path) -> None:
+    b = GraphBuilder("passthrough")
+    x = b.input("x", TensorType(f32, (3,)))
+    y = b.op("exp", x)
+    b.output("x_again", x)
+    b.output("const", b.constant(np.ones(3, np.float32), "ones"))
+    b.output("y", y)
+    b.output("y_again", y)
+    exe = kiln.compile(b.build(), "numba-cpu", cache_dir=cache, pipeline="")
+    xv = uniform((3,))
+    first = exe.run({"x": xv})
+    assert not np.shares_memory(first["x_again"], xv)
+    assert not np.shares_memory(first["y"], first["y_again"])
+    first["const"][:] = 7.0
+    first["x_again"][:] = 7.0
+    second = exe.run({"x": xv})
+    np.testing.assert_array_equal(second["const"], np.ones(3, np.float32))
+    np.testing.assert_allclose(second["y"], np.exp(xv), rtol=1e-6)
