@@ -350,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", default="4", help="1..8, auto{budget=BITS} or auto{snr=DB} (default 4)")
     s.add_argument("--group", type=int, default=128, help="weights per scale along K; 0 = per channel")
     s.add_argument("--scheme", default="sym", help="sym, asym or bipolar")
-    s.add_argument("--act", default="f32", help="f32, or int8 (dynamic per-row activation quantization)")
+    s.add_argument(
+        "--act",
+        default="f32",
+        help="f32, int8 (dynamic per-row activation quantization) or binary (mean(|x|) * sign(x) per row)",
+    )
     s.add_argument("--scale-dtype", default="f16", help="f16, bf16 or f32")
     s.add_argument("--layout", default="packed", help="packed, bitsliced, or auto (from the target's costs)")
     s.add_argument("--skip", help="comma-separated glob patterns of weight names to leave in float")

@@ -4,7 +4,9 @@ Part 1, kernels: ``y = x @ W`` with W 4096x4096 (group 128) for 1 (GEMV), 16 and
 rows: NumPy float32; onnxruntime MatMulNBits 4-bit (block 32 and 128, accuracy_level 0 and 4) and
 2-bit (block 128, accuracy_level 4); onnxruntime's dynamically int8-quantized MatMul
 (``quantize_dynamic``: DynamicQuantizeLinear + MatMulInteger); kiln at 8, 4, 3, 2 and 1 bits in
-the packed and the bit-sliced layout with int8 activations, and 4-bit with float32 activations.
+the packed and the bit-sliced layout with int8 activations, 4-bit with float32 activations, and
+1/2/4-bit with binary activations (popcount kernels on bit-sliced weights, the float kernel on the
+binarized rows for packed ones).
 Weights are hot (the same W every call). It prints microseconds, GB/s of weight bytes (codes and
 scales) and each time over onnxruntime's fastest 4-bit configuration.
 
@@ -186,15 +188,20 @@ def kernels(threads: int, quick: bool, tmp: str) -> None:
             add(f"kiln {bits}-bit {layout} (int8 act, {kern.path})", codes.nbytes + scales.nbytes,
                 lambda x, kern=kern, codes=codes, scales=scales, outs=outs:
                 kern(x, codes, scales, None, outs[x.shape[0]]))  # fmt: skip
-    # the kernels a CPU without AVX-512 VNNI runs: bit-serial popcounts (bit-sliced), unpack (packed)
-    for bits, layout, kind in ((4, Layout.BITSLICED, "popcount"), (2, Layout.BITSLICED, "popcount"),
-                               (1, Layout.BITSLICED, "popcount"), (4, Layout.PACKED, "unpack")):  # fmt: skip
+    # the kernels a CPU without AVX-512 VNNI runs: bit-serial popcounts (bit-sliced), unpack
+    # (packed); and binary activations (one bit each): popcounts with bit-sliced weights, the
+    # float kernels on the binarized rows for packed ones
+    sliced = Layout.BITSLICED
+    for bits, layout, act, kind in ((4, sliced, "int8", "popcount"), (2, sliced, "int8", "popcount"),
+                                    (1, sliced, "int8", "popcount"), (4, Layout.PACKED, "int8", "unpack"),
+                                    (1, sliced, "binary", None), (2, sliced, "binary", None),
+                                    (4, sliced, "binary", None), (4, Layout.PACKED, "binary", None)):  # fmt: skip
         q = QuantType(bits, Scheme.SYM if bits > 1 else Scheme.BIPOLAR, 128, layout=layout)
         codes = pack(q, rng.integers(0, 2**bits, (n, k), dtype=np.uint8))
         scales = (rng.random((n, k // 128)) * 0.01 + 0.001).astype(np.float16)
-        kern = make_qmatmul(q, k, n, act="int8", threads=threads, kernel=kind)
+        kern = make_qmatmul(q, k, n, act=act, threads=threads, kernel=kind)
         outs = {m: np.empty((m, n), np.float32) for m in rows}
-        add(f"kiln {bits}-bit {layout} (int8 act, {kern.path})", codes.nbytes + scales.nbytes,
+        add(f"kiln {bits}-bit {layout} ({act} act, {kern.path})", codes.nbytes + scales.nbytes,
             lambda x, kern=kern, codes=codes, scales=scales, outs=outs:
             kern(x, codes, scales, None, outs[x.shape[0]]))  # fmt: skip
     q4 = QuantType(4, Scheme.SYM, 128)

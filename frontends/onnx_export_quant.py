@@ -3,9 +3,11 @@
 - qmatmul (packed, sym or asym, 2/4/8 bits: what onnxruntime's kernel runs; group a power of two
   >= 16, or per channel with such a K) -> com.microsoft MatMulNBits (opset 1 of that domain is then
   imported), the codes byte for byte; act=int8 -> accuracy_level 4 (onnxruntime quantizes x per
-  block, kiln per row: close, not equal). Any other qmatmul -> MatMul with the dequantized weight
-  (after the same int8 rounding of x for act=int8), and qgather -> Gather from the dequantized
-  table, each with a warning naming the node: exact, but the weights are stored as float.
+  block, kiln per row: close, not equal); act=binary -> x binarized in ONNX ops first (per row
+  ``Where(x >= 0, alpha, -alpha)``, alpha = ReduceMean(Abs(x))), then accuracy_level 0. Any other
+  qmatmul -> MatMul with the dequantized weight (after the same int8 rounding or binarization of
+  x for act=int8 / act=binary), and qgather -> Gather from the dequantized table, each with a
+  warning naming the node: exact, but the weights are stored as float.
 
 The weight operands (codes, scales and zero points) must be constants: the exporter hands their
 data to the rules in ``emitter.data`` and writes them only in the form the rule chooses. This module
@@ -148,14 +150,24 @@ def _int8_rows(e: Emitter, x: str) -> str:
     return e.one("Mul", xq, scale)
 
 
+def _binary_rows(e: Emitter, x: str) -> str:
+    """kiln's act=binary (binarize_rows) in ONNX: per row alpha = mean(|x|), +alpha where x >= 0
+    (0 and -0.0 too), else -alpha. ReduceMean takes its axes as an input from opset 18 on."""
+    alpha = e.one("ReduceMean", e.one("Abs", x), e.ints([-1]), keepdims=1)
+    return e.one("Where", e.one("GreaterOrEqual", x, e.scalar(0.0, f32)), alpha, e.one("Neg", alpha))
+
+
 def qmatmul(e: Emitter, n: Node, xs: list[str], dt: DType) -> list[str]:
     """qmatmul -> MatMulNBits where onnxruntime runs its form, else MatMul with the dequantized weight."""
     q, k, cols, codes, scales, zeros = _quant_weight(e, n)
-    int8 = n.attrs.act == Act.INT8  # type: ignore[attr-defined]
+    act = n.attrs.act  # type: ignore[attr-defined]
+    # x binarized here is already the reference's float activation (+-alpha): both forms take it,
+    # and MatMulNBits computes in f32 (accuracy_level 0) instead of rounding it again to int8
+    x = _binary_rows(e, xs[0]) if act == Act.BINARY else xs[0]
     why = _nbits_refusal(q, k)
     if why is None:
         block, ref = q.group or k, n.operands[1].name or "w"
-        ins = [xs[0], e.const(codes.reshape(cols, k // block, block * q.bits // 8), ref)]
+        ins = [x, e.const(codes.reshape(cols, k // block, block * q.bits // 8), ref)]
         ins.append(e.const(scales.astype(np.float32), f"{ref}_scales"))  # the type of A (exact)
         if zeros is not None:  # each row's zero points packed to `bits` bits, LSB first, like B
             bits = (zeros[:, :, None] >> np.arange(q.bits, dtype=np.uint8)) & 1
@@ -163,11 +175,11 @@ def qmatmul(e: Emitter, n: Node, xs: list[str], dt: DType) -> list[str]:
             ins.append(e.const(packed, f"{ref}_zero_points"))
         e.ms_domain = True
         y = e.one("MatMulNBits", *ins, domain="com.microsoft", K=k, N=cols, bits=q.bits, block_size=block,
-                  accuracy_level=4 if int8 else 0)  # fmt: skip
+                  accuracy_level=4 if act == Act.INT8 else 0)  # fmt: skip
         return [y]
     _fallback(e, why)
     weight = e.const(dequantize(q, k, codes, scales, zeros), n.operands[1].name or "w")
-    return [e.one("MatMul", _int8_rows(e, xs[0]) if int8 else xs[0], weight)]
+    return [e.one("MatMul", _int8_rows(e, x) if act == Act.INT8 else x, weight)]
 
 
 def qgather(e: Emitter, n: Node, xs: list[str], dt: DType) -> list[str]:

@@ -66,7 +66,7 @@ def test_passes_and_ops_lists(capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("canonicalize", "constant-fold", "cse", "dce", "infer-shapes", "verify"):
         assert name in out
     assert "max_elements: int" in out
-    assert "scheme: sym | asym | bipolar = sym" in out and "act: f32 | int8 = f32" in out
+    assert "scheme: sym | asym | bipolar = sym" in out and "act: f32 | int8 | binary = f32" in out
     assert main(["ops"]) == 0
     out = capsys.readouterr().out
     assert "softmax" in out and "composite" in out and "primitive" in out

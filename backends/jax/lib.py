@@ -268,6 +268,13 @@ def quantize_rows_int8(x: Array) -> Array:
     return xq * scale
 
 
+def binarize_rows(x: Array) -> Array:
+    """Binary activations (ir/ops/quant.py): ``sign * mean(|x|)`` per row as f32, sign(0) = +1."""
+    alpha = jnp.mean(jnp.abs(x), axis=-1, keepdims=True, dtype=jnp.float32)
+    # `x >= 0` is what makes 0 and -0.0 give +alpha and NaN give -alpha, as in the reference
+    return jnp.where(x >= 0, alpha, -alpha)
+
+
 def qmatmul(
     x: Array, codes: Array, scales: Array, zeros: Array | None, q: QuantType, k: int, act: str, precision: Any
 ) -> Array:
@@ -275,6 +282,10 @@ def qmatmul(
     x = x.astype(jnp.float32)
     if act == "int8":
         x = quantize_rows_int8(x)
+    elif act == "binary":
+        x = binarize_rows(x)
+    elif act != "f32":
+        raise ValueError(f"qmatmul: unknown act {act!r}")
     wt = dequantize(q, k, codes, scales, zeros)  # [N, K]
     return lax.dot_general(x, wt, (((x.ndim - 1,), (1,)), ((), ())), precision=precision)
 

@@ -1,6 +1,6 @@
 """Low-bit matmul kernels: ``out = x @ dequantize(codes, scales, zeros)`` without expanding the weights.
 
-``make_qmatmul(q, k, n, act=...)`` returns a callable kernel. Two activation modes:
+``make_qmatmul(q, k, n, act=...)`` returns a callable kernel. Three activation modes:
 
 - ``act="int8"``: each activation row is quantized to int8 (symmetric, scale absmax/127) and the
   products are integer. On CPUs with AVX-512 VNNI the hot loop is LLVM IR from ``llvm_kernels``
@@ -8,6 +8,9 @@
   kernel computes the same integers.
 - ``act="f32"``: activations stay float32; a Numba kernel dequantizes one weight row at a time into
   an L1-sized scratch row and takes dot products with every activation row.
+- ``act="binary"``: one bit per activation, ``x ~= mean(|x|) * sign(x)`` per row. Bit-sliced weights
+  take popcount products with the sign bits (popcount.py); other layouts run the float32 kernels on
+  the binarized rows.
 
 GEMV and GEMM share one driver: rows of W are split over threads in chunks, and each LLVM call
 handles up to four activation rows so a decoded weight block is reused four times (GEMM), while
@@ -41,10 +44,22 @@ from . import llvm_kernels as lk
 from . import omp_fork, popcount
 from .ffi import call_i64, ptr_of
 
-ACTS = ("f32", "int8")
+ACTS = ("f32", "int8", "binary")
 
 
 # --- activation quantization (shared by the LLVM and the Numba int8 paths) ------------------------
+
+
+@njit(cache=False, fastmath=True)
+def _binarize_f32(x: np.ndarray) -> np.ndarray:
+    """``alpha * sign(x)`` per row as ``ir.ops.quant.binarize_rows`` (float32 mean of |x|; +1 for x >= 0)."""
+    m_rows, k = x.shape
+    out = np.empty((m_rows, k), np.float32)
+    for m in range(m_rows):
+        alpha = np.float32(np.abs(x[m]).astype(np.float32).sum() / np.float32(k))
+        for i in range(k):
+            out[m, i] = alpha if x[m, i] >= 0 else -alpha
+    return out
 
 
 @njit(cache=False)
@@ -315,7 +330,11 @@ class QMatmulKernel:
     def path(self) -> str:
         if self.compiled is None:
             return "numba-popcount" if self.bit_serial else f"numba-{self.act}"
-        return "llvm-vnni" if self.act == "int8" else "llvm-f32"
+        return (
+            "llvm-vnni"
+            if self.act == "int8"
+            else f"llvm-f32{' (binarized x)' if self.act == 'binary' else ''}"
+        )
 
     def check(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
               out: np.ndarray) -> None:  # fmt: skip
@@ -349,6 +368,9 @@ class QMatmulKernel:
 
     def __call__(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                  out: np.ndarray) -> None:  # fmt: skip
+        if self.act == "binary" and not self.bit_serial:  # the float kernels on alpha * sign(x)
+            self.check(x, codes, scales, zeros, out)
+            x = _binarize_f32(np.ascontiguousarray(x))
         if self.compiled is None:
             self.check(x, codes, scales, zeros, out)
             self._call_numba(np.ascontiguousarray(x), codes, scales, zeros, out)
@@ -445,7 +467,15 @@ class QMatmulKernel:
         cvals = zeros.astype(np.float32) if c < 0 and zeros is not None else np.full(s32.shape, c, np.float32)
         sliced = q.layout == Layout.BITSLICED
         rows = np.ascontiguousarray(codes).reshape(self.n, -1)
-        if self.act == "f32":
+        if self.bit_serial and self.act == "binary":
+            xbits = np.empty((x.shape[0], k // 64), np.uint64)
+            alpha = np.empty(x.shape[0], np.float32)
+            popcount.slice_signs(x, xbits, alpha)
+            popcount.popcount_binary(
+                xbits, alpha, np.ascontiguousarray(codes), gl, s32, cvals, np.float32(a), out
+            )
+            return
+        if self.act != "int8":  # f32, or binary activations already binarized (__call__)
             _numba_f32(x, rows, sliced, q.bits, gl, s32, cvals, np.float32(a), out)
             return
         m = x.shape[0]
@@ -500,12 +530,25 @@ def make_qmatmul(
     if kernel is not None and kernel not in KERNELS:
         raise BackendError(f"qmatmul: kernel must be one of {KERNELS} or None, got {kernel!r}")
     gl = group_len(q, k)
+    bit_serial = popcount.supports(q, k, gl, act)
+    # binary activations: popcount products where the weights are bit-sliced (one AND+POPCNT per
+    # bit plane and 64 weights), else the float kernels on the binarized rows
+    binary_popcount = act == "binary" and bit_serial and kernel in (None, "popcount")
     plan = None
-    if kernel in (None, "vnni") and vnni is not False:
+    if kernel in (None, "vnni") and vnni is not False and not binary_popcount:
         if lk.host_has_vnni():
             a, c = _offsets(q)
             scale_f16 = q.scale_dtype.np_dtype == np.float16
-            plan = lk.plan_for(q.bits, q.layout == Layout.BITSLICED, k, gl, a, c, scale_f16, act)
+            plan = lk.plan_for(
+                q.bits,
+                q.layout == Layout.BITSLICED,
+                k,
+                gl,
+                a,
+                c,
+                scale_f16,
+                "f32" if act == "binary" else act,
+            )
         if kernel == "vnni" and plan is None:
             why = (
                 "this CPU lacks AVX-512 VNNI"
@@ -513,11 +556,10 @@ def make_qmatmul(
                 else f"they do not cover {q.name}, K={k}"
             )
             raise BackendError(f"qmatmul: no VNNI kernel: {why}; use kernel=None to pick another")
-    bit_serial = popcount.supports(q, k, gl, act)
     if kernel == "popcount" and not bit_serial:
         raise BackendError(
-            f"qmatmul: the popcount kernels need bit-sliced weights, int8 activations and groups that are "
-            f"whole 64-weight words or divide one; got {q.name}, act={act}, group length {gl}"
+            f"qmatmul: the popcount kernels need bit-sliced weights, int8 or binary activations and groups "
+            f"that are whole 64-weight words or divide one; got {q.name}, act={act}, group length {gl}"
         )
     use_popcount = plan is None and bit_serial and kernel != "unpack"
     return QMatmulKernel(

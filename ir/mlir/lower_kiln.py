@@ -14,7 +14,9 @@
   applying ``W = s * (a*u - c)`` per group (ir/quant.py), then ``linalg.matmul``. ``act=int8``
   quantizes each activation row as ``quantize_rows_int8`` (absmax / 127, round half to even,
   clip to +-127), multiplies codes and activations in i32 per group and rescales by the group
-  scale and the row scale. ``qgather`` dequantizes only the gathered rows.
+  scale and the row scale. ``act=binary`` replaces each activation row by ``+-alpha`` as
+  ``binarize_rows`` (``alpha = sum(|x|) / K``, ``+alpha`` where ``x >= 0``), then the f32
+  ``linalg.matmul`` with the dequantized weight. ``qgather`` dequantizes only the gathered rows.
 - ``lower_kiln=False``: ``kiln.qmatmul`` / ``kiln.qgather`` ops carrying the format as
   attributes, of the ``kiln`` dialect defined in IRDL (:func:`kiln_dialect_text`), loaded into
   every export context by :func:`load_kiln_dialect` so that they verify as registered ops. The
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..core import Graph, Node
-from ..dtypes import DType, Layout, QuantType, f32, i32, i64
+from ..dtypes import DType, Layout, QuantType, boolean, f32, i32, i64
 from ..ops.fused import AttentionAttrs, FusedAttrs
 from ..ops.quant import Act
 from ..quant import affine
@@ -373,6 +375,35 @@ def _quantize_rows(em: Emitter, x: Operand, sx: Operand) -> Operand:
     return em.map([x, sx], x.shape, DType("i", 8), body)
 
 
+def _binarize_rows(em: Emitter, x: Operand) -> Operand:
+    """``x: f32[M, K]`` as binarize_rows: ``alpha = sum(|x|) / K`` per row, then ``+alpha`` where
+    ``x >= 0`` (0 and -0.0 included) and ``-alpha`` elsewhere (NaN: ordered compare is false)."""
+    m, k = x.shape
+    init = em.splat(0.0, (m,), f32)
+
+    def abssum(r: Region, xs: list[Scalar]) -> list[Scalar]:
+        ab = r.op(f"math.absf {xs[0].name} : f32", f32)
+        return [r.op(f"arith.addf {xs[1].name}, {ab.name} : f32", f32)]
+
+    (total,) = em.generic(
+        [(x, identity_map(2))], [(init, amap(2, ["d0"]))], ["parallel", "reduction"], abssum
+    )
+    # divide (not multiply by 1/K) like NumPy's mean, so an exact sum gives the same alpha
+    alpha = em.map(
+        [total],
+        (m,),
+        f32,
+        lambda r, xs: [r.op(f"arith.divf {xs[0].name}, {r.const(k, f32).name} : f32", f32)],
+    )
+
+    def pick(r: Region, xs: list[Scalar]) -> list[Scalar]:
+        nonneg = r.op(f"arith.cmpf oge, {xs[0].name}, {r.const(0.0, f32).name} : f32", boolean)
+        neg = r.op(f"arith.negf {xs[1].name} : f32", f32)
+        return [r.op(f"arith.select {nonneg.name}, {xs[1].name}, {neg.name} : f32", f32)]
+
+    return em.map([x, reshape(em, alpha, (m, 1))], (m, k), f32, pick)
+
+
 def _int8_product(
     em: Emitter, q: QuantType, x: Operand, codes: Operand, scales: Operand, zeros: Operand | None, n: int
 ) -> Operand:
@@ -424,6 +455,8 @@ def _qmatmul(em: Emitter, node: Node, ins: list[Operand], outs: Outs) -> list[Op
     x2 = convert(em, reshape(em, x, (math.prod(x.shape[:-1]), k)), f32)
     if node.attrs.act == Act.INT8:  # type: ignore[attr-defined]
         y = _int8_product(em, q, x2, codes, scales, zeros, n)
+    elif node.attrs.act == Act.BINARY:  # type: ignore[attr-defined]
+        y = _matmul(em, _binarize_rows(em, x2), dequantized(em, q, codes, scales, zeros, k, n))
     else:
         y = _matmul(em, x2, dequantized(em, q, codes, scales, zeros, k, n))
     return [convert(em, reshape(em, y, shape), dt)]

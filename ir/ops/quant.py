@@ -27,11 +27,13 @@ class Act(enum.StrEnum):
 
     F32 = "f32"  # as given (weights dequantized in register)
     INT8 = "int8"  # quantized per row to int8 (symmetric, absmax / 127) for integer kernels
+    BINARY = "binary"  # per row mean(|x|) * sign(x) (sign(0) = +1): one bit each, popcount kernels
 
 
 @dataclass(frozen=True)
 class QMatmulAttrs(Attrs):
-    """``act``: ``f32`` keeps activations in float; ``int8`` quantizes each row dynamically."""
+    """``act``: ``f32`` keeps activations in float; ``int8`` quantizes each row dynamically;
+    ``binary`` keeps one bit per activation, ``x ~= mean(|x|) * sign(x)`` per row."""
 
     act: Act = Act.F32
 
@@ -102,6 +104,15 @@ def quantize_rows_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xq, scale
 
 
+def binarize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Binary activations (golden semantics): ``x ~= sign * alpha`` per row with ``sign`` in
+    {-1, +1} (+1 for x >= 0, so -0.0 and 0 give +1, NaN gives -1) and ``alpha = mean(|x|)``, the
+    scale that minimises the squared error of that approximation; a NaN in a row makes its alpha NaN."""
+    alpha = np.abs(x).astype(np.float32).mean(axis=-1, keepdims=True, dtype=np.float32)
+    sign = np.where(x >= 0, np.int8(1), np.int8(-1))
+    return sign, alpha
+
+
 def _weight(args: Sequence[Any]) -> np.ndarray:
     w: QuantizedArg = args[1]
     zeros = np.asarray(args[3]) if len(args) == 4 else None
@@ -113,6 +124,9 @@ def _qmatmul_ref(a: QMatmulAttrs, args: Sequence[Any], out: Sequence[Type]) -> l
     if a.act == Act.INT8:
         xq, s = quantize_rows_int8(x)
         x = xq.astype(np.float32) * s
+    elif a.act == Act.BINARY:
+        sign, alpha = binarize_rows(x)
+        x = sign.astype(np.float32) * alpha
     return [np.matmul(x, _weight(args))]
 
 

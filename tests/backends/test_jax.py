@@ -180,9 +180,17 @@ def test_qmatmul_and_qgather(q: QuantType) -> None:
     w = b.quantized(qw, "w")
     b.output("f32", b.op("qmatmul", x, *w, act="f32"))
     b.output("half-int8", b.op("qmatmul", xh, *w, act="int8"))
+    xb = b.input("xb", f32(4, k))
+    b.output("binary", b.op("qmatmul", xb, *w, act="binary"))
     b.output("rows", b.op("qgather", *b.quantized(emb, "emb"), ids))
+    # binary activations: row 2 is half +0.0 / -0.0, which must binarize to +alpha (a sign of 0
+    # or -1 would move the result far past the tolerance); row 3 holds a NaN, which poisons it
+    x_bin = RNG.standard_normal((4, k)).astype(np.float32)
+    x_bin[2, ::4], x_bin[2, 1::4] = 0.0, -0.0
+    x_bin[3, 5] = np.nan
     feeds = {
         "x": RNG.standard_normal((3, k)).astype(np.float32),
+        "xb": x_bin,
         # int8 activations: multiples of amax / 127 (exact in f16), so no value lies near a rounding
         # tie, where XLA's x / scale and NumPy's may round one step apart
         "xh": (np.r_[127, RNG.integers(-127, 128, k - 1)] / 64).astype(np.float16),

@@ -13,7 +13,7 @@ from kiln.backends.numba_cpu import amx_kernels, llvm_kernels
 from kiln.backends.numba_cpu.qkernels import kernel_source, make_qmatmul
 from kiln.ir.dtypes import Layout, QuantType, Scheme
 from kiln.ir.errors import BackendError
-from kiln.ir.ops.quant import quantize_rows_int8
+from kiln.ir.ops.quant import binarize_rows, quantize_rows_int8
 from kiln.ir.quant import QuantizedWeight, dequantize, quantize
 
 VNNI = llvm_kernels.host_has_vnni()
@@ -53,6 +53,12 @@ def _check(
     if act == "f32":
         assert np.abs(out - exact).max() / norm < 1e-4, (q.name, m, kern.path)
         return
+    if act == "binary":
+        sign, alpha = binarize_rows(x)  # the reference semantics of act=binary
+        want = (sign.astype(np.float64) * alpha) @ w
+        scale = float(np.abs(want).max()) + 1e-12
+        assert np.abs(out - want).max() / scale < 2e-5, (q.name, m, kern.path)
+        return
     xq, xs = quantize_rows_int8(x)  # the reference semantics of act=int8
     same_ints = (xq.astype(np.float64) * xs) @ w
     assert np.abs(out - same_ints).max() / norm < 2e-5, (q.name, m, kern.path)
@@ -63,7 +69,7 @@ FAST = _qtypes([1, 2, 3, 4, 8], [64, 0])
 
 
 @pytest.mark.parametrize("q", FAST, ids=lambda q: q.name)
-@pytest.mark.parametrize("act", ["int8", "f32"])
+@pytest.mark.parametrize("act", ["int8", "f32", "binary"])
 def test_kernels_match_dequantize(q: QuantType, act: str) -> None:
     qw = _weight(q, 256, 40, seed=q.bits)
     for m in (1, 3, 16, 33):
@@ -74,7 +80,7 @@ def test_kernels_match_dequantize(q: QuantType, act: str) -> None:
 @pytest.mark.parametrize("q", _qtypes(list(range(1, 9)), [32, 64, 128, 0]), ids=lambda q: q.name)
 def test_kernels_full_sweep(q: QuantType) -> None:
     qw = _weight(q, 512, 130, seed=q.bits + 10)
-    for m, act in itertools.product((1, 3, 16, 33), ("int8", "f32")):
+    for m, act in itertools.product((1, 3, 16, 33), ("int8", "f32", "binary")):
         _check(q, qw, m, act, vnni=None)
     for m in (1, 5):
         _check(q, qw, m, "int8", vnni=False)
@@ -136,6 +142,47 @@ def test_kernel_choice_and_refusals() -> None:
             make_qmatmul(packed, 256, 8, act="int8", kernel="vnni")
 
 
+@pytest.mark.parametrize(
+    "q",
+    [q for q in _qtypes([1, 2, 3, 4, 8], [32, 128]) if q.layout == Layout.BITSLICED],
+    ids=lambda q: q.name,
+)
+def test_binary_activations_popcount(q: QuantType) -> None:
+    """Bit-sliced weights with binary activations run the popcount kernel (also for groups inside a
+    word), on any CPU; it agrees with the float kernels on the binarized rows."""
+    qw = _weight(q, 256, 24, seed=q.bits + 3)
+    assert make_qmatmul(q, 256, 24, act="binary").path == "numba-popcount"
+    for m in (1, 5):
+        _check(q, qw, m, "binary", vnni=None)
+        _check(q, qw, m, "binary", vnni=None, kernel="unpack")  # the float kernel on alpha * sign(x)
+
+
+def test_binary_activation_signs_and_kernel_choice() -> None:
+    """0 and -0.0 count as +1 (the golden semantics); packed weights run the float kernels."""
+    q = QuantType(2, Scheme.SYM, 64, layout=Layout.BITSLICED)
+    qw = _weight(q, 128, 8, seed=4)
+    x = np.random.default_rng(5).standard_normal((3, 128)).astype(np.float32)
+    x[0, :40] = 0.0
+    x[1, 10:90] = -0.0
+    x[2] = 0.0  # alpha 0: the row's outputs are 0
+    sign, alpha = binarize_rows(x)
+    assert (sign[0, :40] == 1).all() and (sign[1, 10:90] == 1).all()
+    want = (sign.astype(np.float64) * alpha) @ dequantize(q, 128, qw.codes, qw.scales, qw.zeros).astype(
+        np.float64
+    )
+    for kernel in (None, "unpack"):
+        out = np.empty((3, 8), np.float32)
+        make_qmatmul(q, 128, 8, act="binary", kernel=kernel)(x, qw.codes, qw.scales, qw.zeros, out)
+        np.testing.assert_allclose(out, want, rtol=2e-5, atol=1e-6)
+    packed = QuantType(4, Scheme.ASYM, 64)
+    path = make_qmatmul(packed, 256, 8, act="binary").path
+    assert path == ("llvm-f32 (binarized x)" if VNNI else "numba-binary")
+    with pytest.raises(BackendError, match="int8 or binary activations"):
+        make_qmatmul(packed, 256, 8, act="binary", kernel="popcount")
+    with pytest.raises(BackendError, match="act must be one of"):
+        make_qmatmul(packed, 256, 8, act="ternary")
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     bits=st.integers(1, 8),
@@ -154,6 +201,7 @@ def test_random_shapes(
     q = QuantType(bits, scheme, group, layout=layout)
     qw = _weight(q, 128 * kb, n, seed=n)
     _check(q, qw, m, "int8", vnni=None, seed=m)
+    _check(q, qw, m, "binary", vnni=None, seed=m)
 
 
 @pytest.mark.skipif(not VNNI, reason="needs AVX-512 VNNI")

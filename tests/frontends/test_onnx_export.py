@@ -128,6 +128,8 @@ B = np.bool_
 with_nan = np.array([[1.0, np.nan, -2.0], [np.nan, 0.5, 3.0]], dtype=F32)
 int_num = np.array([7, -7, 7, -7, 5, 0, -(2**31), -(2**31), 9], dtype=I32)
 int_den = np.array([2, 2, -2, -2, 0, 0, -1, 1, 3], dtype=I32)
+# act=binary rows: plain; half +0.0 / -0.0 (which binarize to +alpha); one NaN (a NaN row out)
+binary_x = np.array([[1.5, -0.25, 2.0, -3.0] * 16, [0.0, -0.0, 1.0, -2.0] * 16, [np.nan] + [1.0] * 63], F32)
 
 
 def _gelu_body() -> Graph:
@@ -388,6 +390,21 @@ CASES: list[Case] = [
         act="int8",
         label="fallback-int8",
         warns="dequantized float weight.*2, 4 and 8 bits only",
+    ),
+    c(
+        "qmatmul",
+        binary_x,
+        qweight=qw(64, 8, QuantType(4, Scheme.ASYM, 32)),
+        act="binary",
+        label="nbits-binary",
+    ),
+    c(
+        "qmatmul",
+        binary_x,
+        qweight=qw(64, 8, QuantType(1, Scheme.BIPOLAR, 32)),
+        act="binary",
+        label="fallback-binary",
+        warns="dequantized float weight.*bipolar",
     ),
     c(
         "qgather",

@@ -91,6 +91,8 @@ GOLDEN = [GPT2, _onnx_fixture("llama"), Golden("example-gpt-block", _gpt_block),
           _quantized(GPT2, "quantize{bits=4,group=32,act=int8}"),
           _quantized(GPT2, "quantize{bits=3,group=64,scheme=asym,act=int8,embeddings=true}"),
           _quantized(GPT2, "quantize{bits=2,group=32,scheme=bipolar,act=int8},bitslice{layout=bitsliced}"),
+          _quantized(GPT2, "quantize{bits=1,group=64,scheme=bipolar,act=binary},bitslice{layout=bitsliced}"),
+          _quantized(GPT2, "quantize{bits=4,group=64,scheme=asym,act=binary}"),
           _quantized(Golden("example-gpt-block", _gpt_block), "quantize{bits=4,group=32}"),
           _quantized(_onnx_fixture("llama"), "quantize{bits=8,group=0,act=int8}")]  # fmt: skip
 TARGETS = [t.name for t in kiln.targets() if t.device == "cpu"]  # GPU targets: tests/backends

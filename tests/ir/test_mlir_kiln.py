@@ -25,6 +25,7 @@ from kiln.ir.core import Graph
 from kiln.ir.dtypes import Layout, QuantType, Scheme
 from kiln.ir.mlir import MlirError, export, new_context, parse_module
 from kiln.ir.mlir.lower_kiln import kiln_dialect_text
+from kiln.ir.ops.quant import Act
 from kiln.ir.quant import quantize
 from kiln.ir.types import TensorType
 
@@ -71,7 +72,9 @@ def test_long_cumsum_is_a_loop_over_the_axis() -> None:
 def qformats() -> list[tuple[int, Scheme, Layout, str]]:
     return [
         (bits, scheme, layout, act)
-        for bits, scheme, layout, act in itertools.product(range(1, 9), Scheme, Layout, ("f32", "int8"))
+        for bits, scheme, layout, act in itertools.product(
+            range(1, 9), Scheme, Layout, [a.value for a in Act]
+        )
         if not (bits == 1 and scheme == Scheme.SYM)
     ]
 
@@ -129,7 +132,19 @@ def test_quantized_ops_match_reference_on_mlir_cpu(
 
 def test_qruns_cover_every_width_scheme_layout_and_act() -> None:
     assert {f[0] for f in QRUNS} == set(range(1, 9))
-    assert all(len({f[i] for f in QRUNS}) == n for i, n in ((1, 3), (2, 2), (3, 2)))
+    assert all(
+        len({f[i] for f in QRUNS}) == n for i, n in ((1, len(Scheme)), (2, len(Layout)), (3, len(Act)))
+    )
+
+
+def test_binary_activations_of_zero_and_nan_match_reference_on_mlir_cpu(mlir_cpu: Any) -> None:
+    """act=binary: +0.0 and -0.0 binarize to +alpha (a sign of 0 or -1 would move y far past the
+    tolerance), and a NaN makes its whole row NaN, as binarize_rows says."""
+    g, feeds = qgraph(4, Scheme.SYM, Layout.PACKED, "binary")
+    x = feeds["x"].copy()
+    x[0, 0, ::4], x[0, 0, 1::4] = 0.0, -0.0
+    x[1, 2, 7] = np.nan
+    matches_reference(mlir_cpu, g, {**feeds, "x": x}, "act=binary zeros and NaN")
 
 
 # -- fused groups and attention --------------------------------------------------------------------

@@ -99,6 +99,20 @@ def test_export_int8_activations_use_accuracy_level_4(bits: int) -> None:
     close(run_ort(model, {"x": x}), interpret(g, {"x": x})["y"], 3e-2)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("scheme", [Scheme.SYM, Scheme.ASYM])
+def test_export_binary_activations_binarize_x_then_use_accuracy_level_0(bits: int, scheme: Scheme) -> None:
+    g = qmatmul_graph(QuantType(bits, scheme, 32, f16, Layout.PACKED), (2, 3, K), act="binary", seed=bits)
+    model = export_quietly(g)
+    attrs = {a.name: helper.get_attribute_value(a) for a in nbits_op(model).attribute}
+    assert attrs["accuracy_level"] == 0
+    assert {"ReduceMean", "GreaterOrEqual", "Where"} <= {n.op_type for n in model.graph.node}
+    x = rng(7).standard_normal((2, 3, K)).astype(np.float32)
+    # +0.0 and -0.0 binarize to +alpha: a sign of 0 or -1 there would move the row far past 1e-5
+    x[1, 0, ::4], x[1, 0, 1::4] = 0.0, -0.0
+    close(run_ort(model, {"x": x}), interpret(g, {"x": x})["y"], 1e-5)
+
+
 @pytest.mark.parametrize(
     ("q", "act", "why"),
     [
@@ -107,6 +121,8 @@ def test_export_int8_activations_use_accuracy_level_4(bits: int) -> None:
         (QuantType(2, Scheme.BIPOLAR, 32, f16, Layout.PACKED), "f32", "bipolar"),
         (QuantType(3, Scheme.SYM, 32, f16, Layout.PACKED), "f32", "2, 4 and 8 bits only"),
         (QuantType(4, Scheme.ASYM, 8, f16, Layout.PACKED), "int8", "power of two >= 16"),
+        (QuantType(1, Scheme.BIPOLAR, 32, f16, Layout.BITSLICED), "binary", "bitsliced layout"),
+        (QuantType(3, Scheme.ASYM, 32, f16, Layout.PACKED), "binary", "2, 4 and 8 bits only"),
     ],
 )
 def test_fallback_export_is_exact(q: QuantType, act: str, why: str) -> None:
