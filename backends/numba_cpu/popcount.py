@@ -97,13 +97,19 @@ def popcount_int8(xplanes, sx, xs, planes, gl, scales, cvals, a, out):  # type: 
             out[m, n] = tot * xs[m]
 
 
+@njit(inline="always", fastmath=True)
+def row_alpha(row: np.ndarray) -> np.float32:
+    """The binary-activation scale of one row, as ``ir.ops.quant.binarize_rows``: float32 mean(|x|)."""
+    return np.float32(np.abs(row).astype(np.float32).sum() / np.float32(row.shape[0]))
+
+
 @njit(fastmath=True)
 def slice_signs(x: np.ndarray, xbits: np.ndarray, alpha: np.ndarray) -> None:
     """Binary activations (``ir.ops.quant.binarize_rows``): ``xbits[m, w]`` bit ``t`` is set where
     ``x[m, 64 w + t] >= 0``; ``alpha[m]`` is the float32 mean of ``|x[m]|``."""
     m_rows, k = x.shape
     for m in range(m_rows):
-        alpha[m] = np.float32(np.abs(x[m]).astype(np.float32).sum() / np.float32(k))
+        alpha[m] = row_alpha(x[m])
         for w in range(k // 64):
             word = np.uint64(0)
             for t in range(64):

@@ -56,7 +56,7 @@ def _binarize_f32(x: np.ndarray) -> np.ndarray:
     m_rows, k = x.shape
     out = np.empty((m_rows, k), np.float32)
     for m in range(m_rows):
-        alpha = np.float32(np.abs(x[m]).astype(np.float32).sum() / np.float32(k))
+        alpha = popcount.row_alpha(x[m])
         for i in range(k):
             out[m, i] = alpha if x[m, i] >= 0 else -alpha
     return out
@@ -531,8 +531,8 @@ def make_qmatmul(
         raise BackendError(f"qmatmul: kernel must be one of {KERNELS} or None, got {kernel!r}")
     gl = group_len(q, k)
     bit_serial = popcount.supports(q, k, gl, act)
-    # binary activations: popcount products where the weights are bit-sliced (one AND+POPCNT per
-    # bit plane and 64 weights), else the float kernels on the binarized rows
+    # binary activations: popcount products where the weights are bit-sliced (an AND and two
+    # POPCNTs per bit plane and 64 weights), else the float kernels on the binarized rows
     binary_popcount = act == "binary" and bit_serial and kernel in (None, "popcount")
     plan = None
     if kernel in (None, "vnni") and vnni is not False and not binary_popcount:
