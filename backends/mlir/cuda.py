@@ -1,26 +1,35 @@
 """The mlir-cuda backend: the exported tensor-level module mapped to the gpu dialect and lowered
 through NVVM to PTX, which needs no GPU (LLVM's NVPTX backend runs in-process).
 
-``ptx(graph, dims, chip)`` and ``source(graph)`` give the PTX. Running it is not implemented: no
-CUDA driver or GPU was available to test a launcher (cuModuleLoadData + cuLaunchKernel over the
-gpu.launch_func configurations), so ``compile`` raises BackendError, saying how to get the PTX.
+``ptx(graph, dims, chip)`` and ``source(graph)`` give the PTX. ``compile`` runs it: the host
+function becomes a launch plan (``launch.py``), the driver JIT-compiles the PTX for the GPU it
+finds (``cudadrv.py``), weights are uploaded once and stay on the device, and a call uploads the
+inputs, launches the kernels in order on the default stream and downloads the outputs.
 """
 
 from __future__ import annotations
 
-import ctypes.util
 import re
 import shutil
+import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ...ir.core import Graph
 from ...ir.errors import BackendError, KilnError
 from ...ir.registry import Context, default_context
 from ...ir.targets import get_target
 from ..base import CompiledFn
-from .common import ModuleSpec, export_graph, odd_width_values, run_stage, symbolic_dims
+from .common import ModuleSpec, bind_dims, export_graph, odd_width_values, run_stage, symbolic_dims
+from .cudadrv import CudaDriver, driver_available
+from .launch import LaunchPlan, PlanRunner, binaries, kernel_signatures, read_host
 from .pipeline import bufferized, cuda_stages
+
+if TYPE_CHECKING:
+    from mlir import ir as mlir_ir
 
 NAME = "mlir-cuda"
 CHIPS = ("sm_80", "sm_90")
@@ -36,38 +45,15 @@ def find_libdevice() -> str | None:
             for cand in (root / "nvvm" / "libdevice" / "libdevice.10.bc",):
                 if cand.is_file():
                     return str(cand)
-    for cand in (Path("/usr/local/cuda/nvvm/libdevice/libdevice.10.bc"),):
-        if cand.is_file():
-            return str(cand)
+    for cand in sorted(Path("/usr/local").glob("cuda*/nvvm/libdevice/libdevice.10.bc")):
+        return str(cand)
     return None
-
-
-_ASSEMBLY = re.compile(r'assembly = "((?:[^"\\]|\\.)*)"')
-
-
-def _unescape(s: str) -> str:
-    # MLIR prints string attributes with \XX hex escapes (\0A newline, \09 tab) and \" \\
-    return re.sub(
-        r"\\([0-9A-Fa-f]{2}|\\|\")",
-        lambda m: m.group(1) if len(m.group(1)) == 1 else chr(int(m.group(1), 16)),
-        s,
-    )
 
 
 def module_ptx(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = (16, 16)) -> str:
     """PTX text of every kernel of ``spec``: one PTX module per outlined gpu.module, separated
     by a comment line (ptxas takes them one at a time: see :func:`ptx_modules`)."""
-    # A thread block larger than a loop's trip count leaves that loop unmapped (upstream's
-    # gpu-map-parallel-loops then outlines nothing): halve the block until the kernels map.
-    # A documented limit (README): one block size serves every kernel of the module, so one small
-    # loop nest shrinks the blocks of all of them.
-    while True:
-        try:
-            return PTX_SEPARATOR.join(ptx_modules(spec, chip, block))
-        except BackendError as e:
-            if "no gpu.binary" not in str(e) or block == (1, 1):
-                raise
-            block = (max(1, block[0] // 2), max(1, block[1] // 2))
+    return PTX_SEPARATOR.join(text for _, text in launch_plan(spec, chip, block).ptx)
 
 
 PTX_SEPARATOR = "\n// ----- next gpu.module -----\n"
@@ -75,44 +61,61 @@ PTX_SEPARATOR = "\n// ----- next gpu.module -----\n"
 
 def ptx_modules(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = (16, 16)) -> list[str]:
     """One PTX text per kernel module of ``spec`` (each assembles on its own)."""
+    return [text for _, text in launch_plan(spec, chip, block).ptx]
+
+
+def _host_loops(module: mlir_ir.Module, func_name: str) -> bool:
+    """Whether loops were left on the host (a loop nest that was not mapped to the GPU)."""
+    for op in module.body.operations:
+        if op.operation.name == "func.func" and str(op.attributes["sym_name"]).strip('"') == func_name:
+            return any(o.operation.name.startswith("scf.") for o in op.regions[0].blocks[0].operations)
+    return False
+
+
+def launch_plan(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = (16, 16)) -> LaunchPlan:
+    """Lower ``spec`` for ``chip`` and read its host function into a :class:`LaunchPlan` (PTX
+    included). No GPU is needed: LLVM's NVPTX backend runs in-process."""
     from mlir import ir as mlir_ir
 
     if chip not in CHIPS and not re.fullmatch(r"sm_\d+a?", chip):
         raise BackendError(f"{NAME}: unknown chip '{chip}'; expected one of {', '.join(CHIPS)}")
-    context = mlir_ir.Context()
-    with context, mlir_ir.Location.unknown():
-        module = bufferized(spec, context, NAME)
-        for stage in cuda_stages(chip, block, find_libdevice()):
-            run_stage(module, stage, NAME)
-        text = str(module)
-    parts = [_unescape(m) for m in _ASSEMBLY.findall(text)]
-    if not parts:
-        raise BackendError(f"{NAME}: no gpu.binary was produced for @{spec.func_name}")
-    return parts
+    # A thread block larger than a loop's trip count leaves that loop unmapped (upstream's
+    # gpu-map-parallel-loops then leaves it on the host): halve the block until every loop maps.
+    # A documented limit (README): one block size serves every kernel of the module, so one small
+    # loop nest shrinks the blocks of all of them.
+    while True:
+        context = mlir_ir.Context()
+        with context, mlir_ir.Location.unknown():
+            module = bufferized(spec, context, NAME)
+            mapping, lowering, serialize = cuda_stages(chip, block, find_libdevice())
+            run_stage(module, mapping, NAME)
+            if _host_loops(module, spec.func_name) and block != (1, 1):
+                block = (max(1, block[0] // 2), max(1, block[1] // 2))
+                continue
+            run_stage(module, lowering, NAME)
+            sigs = kernel_signatures(module)
+            run_stage(module, serialize, NAME)
+            buffers, steps = read_host(module, spec.func_name, sigs)
+            return LaunchPlan(spec.func_name, chip, tuple(buffers), tuple(steps), tuple(binaries(module)))
 
 
 def cuda_driver_available() -> bool:
-    name = ctypes.util.find_library("cuda")
-    if not name:
-        return False
-    try:
-        lib = ctypes.CDLL(name)
-        return int(lib.cuInit(0)) == 0
-    except OSError:
-        return False
+    """True when a CUDA driver loads and reports a GPU."""
+    return driver_available()
 
 
 class MlirCudaBackend:
     """Upstream MLIR for NVIDIA GPUs: linalg tiled into thread blocks through parallel loops,
-    outlined into gpu kernels and lowered through NVVM to PTX (``source`` shows it). Running the
-    PTX is not implemented (no GPU to test it on): ``compile`` refuses with a BackendError."""
+    outlined into gpu kernels, lowered through NVVM to PTX (``source`` shows it) and run through
+    the CUDA driver. Symbolic dims are bound from the input shapes at call time: one launch plan
+    (and one set of device buffers) per binding."""
 
     name = NAME
 
     def __init__(self, ctx: Context | None = None, *, cache_dir: Path | None = None) -> None:
         self.ctx = ctx or default_context()
         self.target = get_target(NAME)
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir  # plans are kept in memory (PTX generation is ~0.1 s a graph)
 
     def unsupported(self, graph: Graph) -> list[str]:
         lines = odd_width_values(graph)
@@ -130,21 +133,72 @@ class MlirCudaBackend:
         exp = export_graph(graph, bound, NAME)
         return module_ptx(exp, chip, self.target.gpu_block)
 
+    def _runner(self, graph: Graph, dims: Mapping[str, int], driver: CudaDriver) -> tuple[Any, PlanRunner]:
+        exp = export_graph(graph, dims, NAME)
+        plan = launch_plan(exp, driver.chip, self.target.gpu_block)
+        runner = PlanRunner(plan, driver)
+        n_in = len(exp.input_names)
+        for j, ref in enumerate(exp.constant_refs):
+            if ref not in graph.constants:
+                raise BackendError(f"{NAME}: constant '{ref}' of @{graph.name} has no data loaded")
+            runner.set_arg(
+                n_in + j, _prepare(graph.constants[ref], exp.arg_types[n_in + j], n_in + j, exp.func_name)
+            )
+        return exp, runner
+
     def compile(self, graph: Graph) -> CompiledFn:
-        where = (
-            "a CUDA driver (libcuda) is present but"
-            if cuda_driver_available()
-            else "no GPU/CUDA driver was found, and"
-        )
-        raise BackendError(
-            f"{NAME}: cannot run @{graph.name}: {where} the mlir-cuda runner is not implemented; "
-            f"the PTX is available with `kiln show FILE --target {NAME} --ptx` "
-            "(or MlirCudaBackend.ptx(graph, dims, chip='sm_90'))"
-        )
+        try:
+            driver = CudaDriver.get()
+        except BackendError as e:
+            raise BackendError(
+                f"{e}; @{graph.name} cannot run here. Its PTX is available without a GPU: "
+                f"`kiln show FILE --target {NAME} --ptx` (or MlirCudaBackend.ptx(graph, dims, chip='sm_90'))"
+            ) from None
+        problems = self.unsupported(graph)
+        if problems:
+            raise BackendError(f"{NAME} cannot compile @{graph.name}:\n  " + "\n  ".join(problems))
+        cache: dict[tuple[tuple[str, int], ...], tuple[Any, PlanRunner]] = {}
+        lock = threading.Lock()
+        if not symbolic_dims(graph):
+            cache[()] = self._runner(graph, {}, driver)
+
+        def run(inputs: Mapping[str, Any]) -> dict[str, Any]:
+            dims = bind_dims(graph, inputs, NAME)
+            key = tuple(sorted(dims.items()))
+            with lock:  # one set of device buffers per binding: calls take turns
+                entry = cache.get(key)
+                if entry is None:
+                    entry = cache[key] = self._runner(graph, dims, driver)
+                exp, runner = entry
+                missing = [n for n in exp.input_names if n not in inputs]
+                if missing:
+                    raise BackendError(f"{NAME}: @{graph.name} is missing inputs {missing}")
+                args = [
+                    (i, _prepare(inputs[n], exp.arg_types[i], i, exp.func_name))
+                    for i, n in enumerate(exp.input_names)
+                ]
+                n_args = len(exp.arg_types)
+                outs = [np.empty(shape, dtype) for shape, dtype in exp.result_types]
+                runner.run(args, [(n_args + j, o) for j, o in enumerate(outs)])
+            return dict(zip(exp.output_names, outs, strict=True))
+
+        run.runners = cache  # type: ignore[attr-defined]
+        return run
 
     def source(self, graph: Graph) -> str:
-        """PTX for sm_90 (symbolic dims bound to 16 for display)."""
+        """The launch plan and PTX for sm_90 (symbolic dims bound to 16 for display)."""
         try:
-            return f"// {NAME}: PTX for sm_90\n" + self.ptx(graph)
+            bound = dict.fromkeys(symbolic_dims(graph), 16)
+            plan = launch_plan(export_graph(graph, bound, NAME), "sm_90", self.target.gpu_block)
         except KilnError as e:
             return f"// {NAME}: no PTX for @{graph.name}: {e}"
+        ptx = PTX_SEPARATOR.join(text for _, text in plan.ptx)
+        return f"// {NAME}: PTX for sm_90\n{plan.describe()}\n{ptx}"
+
+
+def _prepare(a: Any, argtype: tuple[tuple[int, ...], np.dtype], i: int, func: str) -> np.ndarray:
+    shape, dtype = argtype
+    arr = np.ascontiguousarray(np.asarray(a, dtype=dtype))
+    if arr.shape != tuple(shape):
+        raise BackendError(f"{NAME}: argument {i} of @{func} has shape {arr.shape}, expected {tuple(shape)}")
+    return arr
