@@ -105,8 +105,14 @@ def _fusion_report(graph: typing.Any) -> str:
 
 
 def _show_compiled(graph: typing.Any, args: argparse.Namespace) -> int:
+    from .backends import get_backend
+    from .ir.targets import get_target
     from .runtime.executable import compile_graph
 
+    if get_target(args.target).device == "gpu" and not args.fusion:
+        # the generated code needs no GPU: show it without compiling (which would need one)
+        print(get_backend(args.target).source(_pipelined(graph, args)))
+        return 0
     exe = compile_graph(graph, args.target, args.pipeline)
     if args.fusion:
         sys.stdout.write(exe.graph.as_text())

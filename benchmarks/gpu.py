@@ -66,7 +66,7 @@ def device_ms(runner: Any, driver: Any, calls: int) -> float:
     return float(np.median(times))
 
 
-def mlir_cuda(tc: ModuleType, wl: Any) -> tuple[Any, float, str]:
+def mlir_cuda(tc: ModuleType, wl: Any, block: tuple[int, int] | None) -> tuple[Any, float, str]:
     from kiln.backends.mlir.cuda import MlirCudaBackend
     from kiln.backends.mlir.cudadrv import CudaDriver
     from kiln.ir.targets import get_target
@@ -74,7 +74,7 @@ def mlir_cuda(tc: ModuleType, wl: Any) -> tuple[Any, float, str]:
     t0 = time.perf_counter()
     graph = wl.make_kiln().lower(*wl.inputs).graph
     graph = kiln.PassManager.parse(get_target("mlir-cuda").pipeline).run(graph)
-    run = MlirCudaBackend().compile(graph)
+    run = MlirCudaBackend(block=block).compile(graph)
     feeds = dict(zip(graph.input_names, wl.inputs, strict=True))
     names = list(graph.output_names)
     run(feeds)
@@ -133,12 +133,14 @@ def timed(call: Any, budget_s: float) -> list[float]:
 def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
     wl = tc.build_workload(name, args.quick)
     want = tc.as_tuple(wl.run_numpy(*wl.inputs))
-    systems = {
+    systems: dict[str, Any] = {
         "numpy": lambda: ((lambda: tc.as_tuple(wl.run_numpy(*wl.inputs))), 0.0, "CPU"),
         "jax (hand)": lambda: jax_gpu(wl.make_jax, wl.inputs),
         "kiln jax": lambda: kiln_jax(wl),
-        "kiln mlir-cuda": lambda: mlir_cuda(tc, wl),
     }
+    for block in args.blocks or [None]:
+        label = "kiln mlir-cuda" + (f" {block[0]}x{block[1]}" if block else "")
+        systems[label] = lambda block=block: mlir_cuda(tc, wl, block)
     rows: list[tuple[str, float | None, str]] = []
     failed = []
     for sys_name, build in systems.items():
@@ -156,13 +158,13 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
             failed.append(f"{name}/{sys_name}")
     hand = next((ms for n, ms, _ in rows if n == "jax (hand)" and ms), None)
     print(f"\n== {wl.title}")
-    print(f"{'system':<16} {'median ms':>10} {'/ jax':>7}  notes")
+    print(f"{'system':<22} {'median ms':>10} {'/ jax':>7}  notes")
     for sys_name, ms, note in rows:
         if ms is None:
-            print(f"{sys_name:<16} {'-':>10} {'-':>7}  {note}")
+            print(f"{sys_name:<22} {'-':>10} {'-':>7}  {note}")
         else:
             ratio = f"{ms / hand:7.2f}" if hand else f"{'-':>7}"
-            print(f"{sys_name:<16} {ms:10.3f} {ratio}  {note}")
+            print(f"{sys_name:<22} {ms:10.3f} {ratio}  {note}")
     sys.stdout.flush()
     return failed
 
@@ -173,6 +175,11 @@ def main() -> int:
     ap.add_argument("--tests", action="store_true", help="run the GPU tests first")
     ap.add_argument("--only", choices=("prefill", "body"), help="one workload")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per system")
+    ap.add_argument(
+        "--blocks",
+        type=lambda s: [tuple(int(v) for v in b.split("x")) for b in s.split(",")],
+        help="mlir-cuda thread blocks to compare, e.g. 16x16,1x256 (default: the target's)",
+    )
     args = ap.parse_args()
     from kiln.backends.mlir.cudadrv import CudaDriver, CudaError
 

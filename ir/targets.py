@@ -82,8 +82,12 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "mlir-cuda",
         "gpu",
-        "upstream MLIR: linalg mapped to the gpu dialect, lowered through NVVM to PTX",
+        "upstream MLIR: linalg mapped to the gpu dialect, lowered through NVVM to PTX, run through the CUDA driver",
         pipeline="canonicalize,constant-fold,cse,fuse-attention,canonicalize,cse,dce",
+        # benchmarks/gpu.py --blocks on an H200 (2026-11-30), GPT-2 block prefill: 16x16 6.74 ms,
+        # 1x256 3.08, 1x128 3.13, 2x128 2.98, 4x64 3.03, 8x32 3.52. The second loop dim is the
+        # innermost (contiguous) one for row-major outputs: a wide tile there coalesces the accesses
+        gpu_block=(2, 128),
     ),
 )
 

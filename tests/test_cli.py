@@ -154,3 +154,9 @@ def test_show_ptx_without_a_gpu(kir: Path, capsys: pytest.CaptureFixture[str]) -
     assert ".target sm_80" in out and ".entry" in out
     assert main(["show", str(kir), "--ptx", "--target", "jax"]) == 1
     assert "--ptx needs --target mlir-cuda" in capsys.readouterr().err
+
+
+def test_show_target_mlir_cuda_prints_the_launch_plan(kir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", str(kir), "--target", "mlir-cuda"]) == 0  # no GPU needed
+    out = capsys.readouterr().out
+    assert "device buffers" in out and "//   launch " in out and ".entry" in out

@@ -112,10 +112,23 @@ class MlirCudaBackend:
 
     name = NAME
 
-    def __init__(self, ctx: Context | None = None, *, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context | None = None,
+        *,
+        cache_dir: Path | None = None,
+        block: tuple[int, int] | None = None,
+    ) -> None:
         self.ctx = ctx or default_context()
         self.target = get_target(NAME)
         self.cache_dir = cache_dir  # plans are kept in memory (PTX generation is ~0.1 s a graph)
+        #: tile sizes of the two outer loop dims: the thread block of every kernel
+        blk = tuple(block) if block is not None else self.target.gpu_block
+        if len(blk) != 2 or min(blk) < 1 or blk[0] * blk[1] > 1024:
+            raise BackendError(
+                f"{NAME}: block must be two positive tile sizes with at most 1024 threads in all, got {block}"
+            )
+        self.block: tuple[int, int] = (int(blk[0]), int(blk[1]))
 
     def unsupported(self, graph: Graph) -> list[str]:
         lines = odd_width_values(graph)
@@ -131,11 +144,11 @@ class MlirCudaBackend:
         """The PTX of ``graph`` with its symbolic dims bound from ``dims`` (default 16 each)."""
         bound = {**dict.fromkeys(symbolic_dims(graph), 16), **(dims or {})}
         exp = export_graph(graph, bound, NAME)
-        return module_ptx(exp, chip, self.target.gpu_block)
+        return module_ptx(exp, chip, self.block)
 
     def _runner(self, graph: Graph, dims: Mapping[str, int], driver: CudaDriver) -> tuple[Any, PlanRunner]:
         exp = export_graph(graph, dims, NAME)
-        plan = launch_plan(exp, driver.chip, self.target.gpu_block)
+        plan = launch_plan(exp, driver.chip, self.block)
         runner = PlanRunner(plan, driver)
         n_in = len(exp.input_names)
         for j, ref in enumerate(exp.constant_refs):
@@ -189,7 +202,7 @@ class MlirCudaBackend:
         """The launch plan and PTX for sm_90 (symbolic dims bound to 16 for display)."""
         try:
             bound = dict.fromkeys(symbolic_dims(graph), 16)
-            plan = launch_plan(export_graph(graph, bound, NAME), "sm_90", self.target.gpu_block)
+            plan = launch_plan(export_graph(graph, bound, NAME), "sm_90", self.block)
         except KilnError as e:
             return f"// {NAME}: no PTX for @{graph.name}: {e}"
         ptx = PTX_SEPARATOR.join(text for _, text in plan.ptx)

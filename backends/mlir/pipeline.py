@@ -478,7 +478,9 @@ def cuda_stages(chip: str, block: tuple[int, int], libdevice: str | None) -> tup
         Stage(
             "map-to-gpu",
             "func.func(convert-linalg-to-parallel-loops),canonicalize,"
-            f"func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={block[0]},{block[1]}}}),"
+            # fixed inner bounds with an in-bounds check: with min/max bounds a loop shorter than its
+            # tile lost its block loop and stayed on the host
+            f"func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={block[0]},{block[1]} no-min-max-bounds=1}}),"
             "func.func(gpu-map-parallel-loops),func.func(convert-parallel-loops-to-gpu),"
             "gpu-kernel-outlining,lower-affine,canonicalize,cse",
             "linalg to scf.parallel, tiled into thread blocks, mapped to gpu.launch and outlined",

@@ -257,3 +257,9 @@ def test_compiled_graph_checks_its_inputs() -> None:
     np.testing.assert_allclose(got, ex.numpy_block(x, p, 4), rtol=1e-3, atol=1e-4)
     with pytest.raises(BackendError, match="missing inputs"):
         fn.run({})
+
+
+@pytest.mark.parametrize("block", [(0, 4), (64, 64), (8,)])
+def test_bad_block_is_refused(block: tuple[int, ...]) -> None:
+    with pytest.raises(BackendError, match="block must be two positive tile sizes"):
+        MlirCudaBackend(block=block)  # type: ignore[arg-type]
