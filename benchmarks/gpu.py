@@ -66,7 +66,7 @@ def device_ms(runner: Any, driver: Any, calls: int) -> float:
     return float(np.median(times))
 
 
-def mlir_cuda(tc: ModuleType, wl: Any, block: tuple[int, int] | None) -> tuple[Any, float, str]:
+def mlir_cuda(tc: ModuleType, wl: Any, block: tuple[int, int] | None, tiles: Any) -> tuple[Any, float, str]:
     from kiln.backends.mlir.cuda import MlirCudaBackend
     from kiln.backends.mlir.cudadrv import CudaDriver
     from kiln.ir.targets import get_target
@@ -74,7 +74,7 @@ def mlir_cuda(tc: ModuleType, wl: Any, block: tuple[int, int] | None) -> tuple[A
     t0 = time.perf_counter()
     graph = wl.make_kiln().lower(*wl.inputs).graph
     graph = kiln.PassManager.parse(get_target("mlir-cuda").pipeline).run(graph)
-    run = MlirCudaBackend(block=block).compile(graph)
+    run = MlirCudaBackend(block=block, tiles=tiles).compile(graph)
     feeds = dict(zip(graph.input_names, wl.inputs, strict=True))
     names = list(graph.output_names)
     run(feeds)
@@ -138,9 +138,20 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
         "jax (hand)": lambda: jax_gpu(wl.make_jax, wl.inputs),
         "kiln jax": lambda: kiln_jax(wl),
     }
+    from kiln.backends.mlir.pipeline import GpuTiles
+
     for block in args.blocks or [None]:
-        label = "kiln mlir-cuda" + (f" {block[0]}x{block[1]}" if block else "")
-        systems[label] = lambda block=block: mlir_cuda(tc, wl, block)
+        for tiles in args.tiles or ["default"]:
+            label = "kiln mlir-cuda" + (f" {block[0]}x{block[1]}" if block else "")
+            label += "" if tiles == "default" else f" mm {tiles}"
+            t = (
+                GpuTiles()
+                if tiles == "default"
+                else None
+                if tiles == "none"
+                else GpuTiles(*map(int, tiles.split("x")))
+            )
+            systems[label] = lambda block=block, t=t: mlir_cuda(tc, wl, block, t)
     rows: list[tuple[str, float | None, str]] = []
     failed = []
     for sys_name, build in systems.items():
@@ -158,13 +169,13 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
             failed.append(f"{name}/{sys_name}")
     hand = next((ms for n, ms, _ in rows if n == "jax (hand)" and ms), None)
     print(f"\n== {wl.title}")
-    print(f"{'system':<22} {'median ms':>10} {'/ jax':>7}  notes")
+    print(f"{'system':<36} {'median ms':>10} {'/ jax':>7}  notes")
     for sys_name, ms, note in rows:
         if ms is None:
-            print(f"{sys_name:<22} {'-':>10} {'-':>7}  {note}")
+            print(f"{sys_name:<36} {'-':>10} {'-':>7}  {note}")
         else:
             ratio = f"{ms / hand:7.2f}" if hand else f"{'-':>7}"
-            print(f"{sys_name:<22} {ms:10.3f} {ratio}  {note}")
+            print(f"{sys_name:<36} {ms:10.3f} {ratio}  {note}")
     sys.stdout.flush()
     return failed
 
@@ -179,6 +190,11 @@ def main() -> int:
         "--blocks",
         type=lambda s: [tuple(int(v) for v in b.split("x")) for b in s.split(",")],
         help="mlir-cuda thread blocks to compare, e.g. 16x16,1x256 (default: the target's)",
+    )
+    ap.add_argument(
+        "--tiles",
+        type=lambda s: s.split(","),
+        help="mlir-cuda matmul tiles bm x bn x tm x tn to compare, or none, e.g. 32x64x4x4,none",
     )
     args = ap.parse_args()
     from kiln.backends.mlir.cudadrv import CudaDriver, CudaError

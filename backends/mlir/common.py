@@ -145,6 +145,21 @@ def run_stage(module: mlir_ir.Module, stage: Stage, backend: str) -> None:
             raise stage_error(backend, stage.name, e, log) from None
 
 
+def apply_script(module: mlir_ir.Module, script: str, stage: str, backend: str) -> None:
+    """Run the transform-dialect ``script`` (a named sequence ``@__transform_main``) on ``module``;
+    a failure is a BackendError naming ``stage`` with the diagnostics."""
+    from mlir import ir as mlir_ir
+    from mlir.dialects.transform import interpreter
+
+    ctx = module.context
+    with diagnostics(ctx) as log:
+        try:
+            sched = mlir_ir.Module.parse(script, context=ctx)
+            interpreter.apply_named_sequence(module.operation, sched.body.operations[0], sched)
+        except Exception as e:
+            raise stage_error(backend, stage, e, log) from None
+
+
 def parse_module(spec: ModuleSpec, context: mlir_ir.Context, backend: str) -> mlir_ir.Module:
     """Parse the module text (through the export's own ``parse`` when it has one)."""
     from mlir import ir as mlir_ir

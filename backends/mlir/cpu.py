@@ -31,8 +31,8 @@ from .common import (
     ArgType,
     DiagnosticLog,
     ModuleSpec,
+    apply_script,
     bind_dims,
-    diagnostics,
     export_graph,
     kiln_ops_of,
     odd_width_values,
@@ -143,19 +143,6 @@ class CpuKernel:
         self._fn(packed)
 
 
-def _apply_script(module: Any, script: str, stage: str) -> None:
-    from mlir import ir as mlir_ir
-    from mlir.dialects.transform import interpreter
-
-    ctx = module.context
-    with diagnostics(ctx) as log:
-        try:
-            sched = mlir_ir.Module.parse(script, context=ctx)
-            interpreter.apply_named_sequence(module.operation, sched.body.operations[0], sched)
-        except Exception as e:
-            raise stage_error(NAME, stage, e, log) from None
-
-
 def lower_module(
     spec: ModuleSpec, tiles: CpuTiles | None, context: Any, num_threads: int = 0
 ) -> tuple[Any, int]:
@@ -175,10 +162,10 @@ def lower_module(
         count = 0
         if tiles is not None:
             if mark_for_generalize(module):
-                _apply_script(module, GENERALIZE_SCRIPT, "generalize")
+                apply_script(module, GENERALIZE_SCRIPT, "generalize", NAME)
             approximate_math(module)
             script, count = cpu_schedule(module, tiles)
-            _apply_script(module, script, "schedule")
+            apply_script(module, script, "schedule", NAME)
         run_stage(module, cpu_lower(num_threads), NAME)
     return module, count
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,18 @@ from ...ir.errors import BackendError, KilnError
 from ...ir.registry import Context, default_context
 from ...ir.targets import get_target
 from ..base import CompiledFn
-from .common import ModuleSpec, bind_dims, export_graph, odd_width_values, run_stage, symbolic_dims
+from .common import (
+    ModuleSpec,
+    apply_script,
+    bind_dims,
+    export_graph,
+    odd_width_values,
+    run_stage,
+    symbolic_dims,
+)
 from .cudadrv import CudaDriver, driver_available
 from .launch import LaunchPlan, PlanRunner, binaries, kernel_signatures, read_host
-from .pipeline import bufferized, cuda_stages
+from .pipeline import GpuTiles, bufferized, cuda_stages, gpu_schedule
 
 if TYPE_CHECKING:
     from mlir import ir as mlir_ir
@@ -72,9 +81,16 @@ def _host_loops(module: mlir_ir.Module, func_name: str) -> bool:
     return False
 
 
-def launch_plan(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = (16, 16)) -> LaunchPlan:
+def launch_plan(
+    spec: ModuleSpec,
+    chip: str = "sm_90",
+    block: tuple[int, int] = (16, 16),
+    tiles: GpuTiles | None = GpuTiles(),  # noqa: B008 (frozen dataclass)
+) -> LaunchPlan:
     """Lower ``spec`` for ``chip`` and read its host function into a :class:`LaunchPlan` (PTX
-    included). No GPU is needed: LLVM's NVPTX backend runs in-process."""
+    included). No GPU is needed: LLVM's NVPTX backend runs in-process. ``tiles``: the register
+    tiling of f32 matmuls (None: one output element per thread, as every other op); a schedule
+    that fails falls back to that with a warning."""
     from mlir import ir as mlir_ir
 
     if chip not in CHIPS and not re.fullmatch(r"sm_\d+a?", chip):
@@ -83,12 +99,33 @@ def launch_plan(spec: ModuleSpec, chip: str = "sm_90", block: tuple[int, int] = 
     # gpu-map-parallel-loops then leaves it on the host): halve the block until every loop maps.
     # A documented limit (README): one block size serves every kernel of the module, so one small
     # loop nest shrinks the blocks of all of them.
+    schedule = tiles is not None
     while True:
         context = mlir_ir.Context()
         with context, mlir_ir.Location.unknown():
             module = bufferized(spec, context, NAME)
+            if schedule and tiles is not None:
+                script, count = gpu_schedule(module, tiles)
+                try:
+                    if count:
+                        apply_script(module, script, "schedule", NAME)
+                except BackendError as e:
+                    warnings.warn(
+                        f"{NAME}: matmul schedule failed, running @{spec.func_name} with one element per thread: {e}",
+                        stacklevel=2,
+                    )
+                    schedule = False
+                    continue
             mapping, lowering, serialize = cuda_stages(chip, block, find_libdevice())
             run_stage(module, mapping, NAME)
+            if _host_loops(module, spec.func_name) and schedule:
+                warnings.warn(
+                    f"{NAME}: the matmul schedule left loops on the host in @{spec.func_name}; "
+                    "running its matmuls with one element per thread",
+                    stacklevel=2,
+                )
+                schedule = False
+                continue
             if _host_loops(module, spec.func_name) and block != (1, 1):
                 block = (max(1, block[0] // 2), max(1, block[1] // 2))
                 continue
@@ -118,6 +155,7 @@ class MlirCudaBackend:
         *,
         cache_dir: Path | None = None,
         block: tuple[int, int] | None = None,
+        tiles: GpuTiles | None = GpuTiles(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         self.ctx = ctx or default_context()
         self.target = get_target(NAME)
@@ -129,6 +167,8 @@ class MlirCudaBackend:
                 f"{NAME}: block must be two positive tile sizes with at most 1024 threads in all, got {block}"
             )
         self.block: tuple[int, int] = (int(blk[0]), int(blk[1]))
+        #: register tiling of the f32 matmuls (None: one output element per thread)
+        self.tiles = tiles
 
     def unsupported(self, graph: Graph) -> list[str]:
         lines = odd_width_values(graph)
@@ -144,11 +184,11 @@ class MlirCudaBackend:
         """The PTX of ``graph`` with its symbolic dims bound from ``dims`` (default 16 each)."""
         bound = {**dict.fromkeys(symbolic_dims(graph), 16), **(dims or {})}
         exp = export_graph(graph, bound, NAME)
-        return module_ptx(exp, chip, self.block)
+        return PTX_SEPARATOR.join(text for _, text in launch_plan(exp, chip, self.block, self.tiles).ptx)
 
     def _runner(self, graph: Graph, dims: Mapping[str, int], driver: CudaDriver) -> tuple[Any, PlanRunner]:
         exp = export_graph(graph, dims, NAME)
-        plan = launch_plan(exp, driver.chip, self.block)
+        plan = launch_plan(exp, driver.chip, self.block, self.tiles)
         runner = PlanRunner(plan, driver)
         n_in = len(exp.input_names)
         for j, ref in enumerate(exp.constant_refs):
@@ -202,7 +242,7 @@ class MlirCudaBackend:
         """The launch plan and PTX for sm_90 (symbolic dims bound to 16 for display)."""
         try:
             bound = dict.fromkeys(symbolic_dims(graph), 16)
-            plan = launch_plan(export_graph(graph, bound, NAME), "sm_90", self.block)
+            plan = launch_plan(export_graph(graph, bound, NAME), "sm_90", self.block, self.tiles)
         except KilnError as e:
             return f"// {NAME}: no PTX for @{graph.name}: {e}"
         ptx = PTX_SEPARATOR.join(text for _, text in plan.ptx)

@@ -265,6 +265,8 @@ def read_host(
             if not isinstance(attr, (mlir_ir.IntegerAttr, mlir_ir.FloatAttr)):
                 raise BackendError(f"{NAME}: {where}: a non-scalar constant on the host is not supported")
             values[op.results[0]] = Scalar(_scalar_type(op.results[0].type), attr.value)
+        elif name == "ub.poison" and not isinstance(op.results[0].type, mlir_ir.ShapedType):
+            values[op.results[0]] = Scalar(_scalar_type(op.results[0].type), 0)  # any value will do
         elif name in ("memref.alloc", "memref.alloca"):
             t = op.results[0].type
             shape, strides, offset = _layout(t, where)

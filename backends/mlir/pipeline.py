@@ -469,6 +469,95 @@ def cpu_schedule(module: mlir_ir.Module, tiles: CpuTiles) -> tuple[str, int]:
 
 
 # -- CUDA ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuTiles:
+    """Tile sizes of the GPU matmul schedule: a thread block computes ``bm`` x ``bn`` of C, each
+    thread a ``tm`` x ``tn`` tile whose accumulators stay in registers across the k loop (the
+    plain parallel-loop mapping gives each thread one element, re-stored to memory every k)."""
+
+    # benchmarks/gpu.py --tiles on an H200 (2026-11-30), GPT-2 block prefill, ms: 32x32x4x4 2.48,
+    # 32x64x4x4 2.77, 16x64x2x4 2.83, 64x64x4x4 4.21, 64x128x8x8 5.70, one element per thread 3.21
+    bm: int = 32
+    bn: int = 32
+    tm: int = 4
+    tn: int = 4
+
+
+def _contraction_ranges(op: mlir_ir.Operation) -> list[int] | None:
+    """Loop sizes of an f32 contraction whose only reduction is its last loop: a named matmul, or
+    a generic with two inputs whose body is a multiply-add (the export's broadcasting matmuls)."""
+    if not all(x is not None and x[1] == "f32" for x in (_shape(v) for v in op.operands)):
+        return None
+    if op.name in MATMUL_OPS:
+        if str(op.attributes["indexing_maps"]) != _DEFAULT_MAPS[op.name]:
+            return None
+        a, b = _shape(op.operands[0]), _shape(op.operands[1])
+        assert a is not None and b is not None
+        return [*a[0][:-1], b[0][-1], a[0][-1]]
+    if op.name != "linalg.generic" or len(op.operands) != 3:
+        return None
+    kinds = [str(t) for t in op.attributes["iterator_types"]]
+    if (
+        "#linalg.iterator_type<reduction>" not in kinds[-1:]
+        or kinds.count("#linalg.iterator_type<reduction>") != 1
+    ):
+        return None
+    body = [o.operation.name for o in op.regions[0].blocks[0].operations]
+    if sorted(body) != ["arith.addf", "arith.mulf", "linalg.yield"]:
+        return None
+    return _loop_ranges(op)
+
+
+def _gpu_matmul_schedule(i: int, op: mlir_ir.Operation, tiles: GpuTiles) -> list[str]:
+    ranges = _contraction_ranges(op)
+    if ranges is None or len(ranges) < 3:
+        return []
+    *lead, m, n, _k = ranges
+    tm, tn = _fit(m, tiles.tm), _fit(n, tiles.tn)
+    bm, bn = tm * _fit(m // tm, max(1, tiles.bm // tm)), tn * _fit(n // tn, max(1, tiles.bn // tn))
+    if (m // bm) * (n // bn) * _volume(lead) < 2 or (bm // tm) * (bn // tn) < 2:
+        return []  # a single block or thread loop folds away, and the rest would not map to the GPU
+    pre, inner = [1] * len(lead), [0] * len(lead)
+    if len(pre) + 2 > 3:
+        return []  # more than three parallel dims: more than a grid has
+    any_op = "(!transform.any_op) -> (!transform.any_op, !transform.any_op)"
+    return [
+        f'%g{i} = transform.structured.match ops{{["{op.name}"]}} attributes {{kiln.g = {i} : i64}} in %root'
+        " : (!transform.any_op) -> !transform.any_op",
+        f"%gb{i}, %gbl{i} = transform.structured.tile_using_forall %g{i} tile_sizes {[*pre, bm, bn]} : {any_op}",
+        f"%gt{i}, %gtl{i} = transform.structured.tile_using_forall %gb{i} tile_sizes {[*inner, tm, tn]} : {any_op}",
+        f"%gk{i}, %gkl{i} = transform.structured.tile_using_for %gt{i} tile_sizes {[*inner, 0, 0, 1]} : {any_op}",
+        f"transform.structured.vectorize %gk{i} : !transform.any_op",
+    ]
+
+
+def gpu_schedule(module: mlir_ir.Module, tiles: GpuTiles) -> tuple[str, int]:
+    """The transform script that register-tiles the f32 matmuls of a bufferized module: block
+    tiles and thread tiles become nested scf.forall loops (mapped to blocks and threads after
+    ``scf-forall-to-parallel``), the k loop runs on a vector accumulator hoisted out of it.
+    Returns the script and how many matmuls it schedules (0: nothing to do)."""
+    from mlir import ir as mlir_ir
+
+    body: list[str] = []
+    count = 0
+    i64 = mlir_ir.IntegerType.get_signless(64)
+    for op in list(_ops(module.operation)):
+        lines = _gpu_matmul_schedule(count, op, tiles) if op.name in (*MATMUL_OPS, "linalg.generic") else []
+        if lines:
+            op.attributes["kiln.g"] = mlir_ir.IntegerAttr.get(i64, count)
+            body.extend(lines)
+            count += 1
+    script = (
+        "module attributes {transform.with_named_sequence} {\n"
+        "  transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {\n    "
+        + "\n    ".join(body)
+        + '\n    %f = transform.structured.match ops{["func.func"]} in %root : (!transform.any_op) -> !transform.any_op'
+        + _VECTOR_LOWERING
+        + "    transform.yield\n  }\n}\n"
+    )
+    return script, count
+
+
 def cuda_stages(chip: str, block: tuple[int, int], libdevice: str | None) -> tuple[Stage, ...]:
     """The GPU pipeline after fuse and bufferize: parallel loops tiled to ``block`` threads,
     mapped to blocks/threads, outlined, lowered to NVVM and serialised to PTX (no GPU needed).
@@ -481,6 +570,8 @@ def cuda_stages(chip: str, block: tuple[int, int], libdevice: str | None) -> tup
             # fixed inner bounds with an in-bounds check: with min/max bounds a loop shorter than its
             # tile lost its block loop and stayed on the host
             f"func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={block[0]},{block[1]} no-min-max-bounds=1}}),"
+            # the scheduled matmuls' foralls (block and thread tiles) join after the tiling
+            "func.func(scf-forall-to-parallel),"
             "func.func(gpu-map-parallel-loops),func.func(convert-parallel-loops-to-gpu),"
             "gpu-kernel-outlining,lower-affine,canonicalize,cse",
             "linalg to scf.parallel, tiled into thread blocks, mapped to gpu.launch and outlined",
@@ -488,8 +579,8 @@ def cuda_stages(chip: str, block: tuple[int, int], libdevice: str | None) -> tup
         Stage(
             "lower-to-nvvm",
             f"nvvm-attach-target{{chip={chip} O=3{link}}},"
-            "gpu.module(convert-scf-to-cf,expand-strided-metadata,lower-affine,arith-expand,"
-            "math-extend-to-supported-types,convert-gpu-to-nvvm,canonicalize,cse,reconcile-unrealized-casts)",
+            "gpu.module(convert-vector-to-scf,convert-scf-to-cf,expand-strided-metadata,lower-affine,arith-expand,"
+            "math-extend-to-supported-types,convert-gpu-to-nvvm,convert-vector-to-llvm,canonicalize,cse,reconcile-unrealized-casts)",
             "kernels to the NVVM/LLVM dialects for the chosen chip",
         ),
         Stage(

@@ -101,7 +101,7 @@ def mlp_numpy(a: np.ndarray, b: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def test_launch_plan_reads_the_host_code() -> None:
-    plan = launch_plan(SPEC, "sm_90")
+    plan = launch_plan(SPEC, "sm_90", tiles=None)  # one element per thread (test_matmul_is_register_tiled)
     kinds = [(b.kind, b.arg, b.nbytes) for b in plan.buffers]
     assert kinds[:4] == [
         ("arg", 0, M * K * 4),
@@ -114,7 +114,7 @@ def test_launch_plan_reads_the_host_code() -> None:
     assert len(launches) == 4 and len(plan.ptx) == 4
     matmul = launches[1]
     views = [a for a in matmul.args if isinstance(a, View)]
-    assert [(v.buffer, v.shape, v.strides) for v in views] == [
+    assert sorted((v.buffer, v.shape, v.strides) for v in views) == [
         (0, (M, K), (K, 1)),
         (1, (K, N), (N, 1)),
         (4, (M, N), (N, 1)),
@@ -263,3 +263,14 @@ def test_compiled_graph_checks_its_inputs() -> None:
 def test_bad_block_is_refused(block: tuple[int, ...]) -> None:
     with pytest.raises(BackendError, match="block must be two positive tile sizes"):
         MlirCudaBackend(block=block)  # type: ignore[arg-type]
+
+
+def test_matmul_is_register_tiled() -> None:
+    # each thread keeps a 4x4 tile of C in registers: 16 FMAs per k step, C stored once at the end
+    tiled = launch_plan(SPEC, "sm_90", (2, 128))
+    plain = launch_plan(SPEC, "sm_90", (2, 128), tiles=None)
+    mm_tiled, mm_plain = dict(tiled.ptx)["mlp_kernel_0"], dict(plain.ptx)["mlp_kernel_0"]
+    assert mm_tiled.count("fma.rn.f32") == 16 and mm_tiled.count("st.global") == 16
+    assert mm_plain.count("fma.rn.f32") + mm_plain.count("mul.rn.f32") == 1  # one product per k
+    launch = tiled.launches[1]
+    assert launch.block[0] * launch.block[1] == (32 // 4) * (32 // 4)  # a 32x32 block tile of 4x4 threads
