@@ -66,7 +66,9 @@ def device_ms(runner: Any, driver: Any, calls: int) -> float:
     return float(np.median(times))
 
 
-def mlir_cuda(tc: ModuleType, wl: Any, block: tuple[int, int] | None, tiles: Any) -> tuple[Any, float, str]:
+def mlir_cuda(
+    tc: ModuleType, wl: Any, block: tuple[int, int] | None, tiles: Any, slowest: int
+) -> tuple[Any, float, str]:
     from kiln.backends.mlir.cuda import MlirCudaBackend
     from kiln.backends.mlir.cudadrv import CudaDriver
     from kiln.ir.targets import get_target
@@ -81,6 +83,16 @@ def mlir_cuda(tc: ModuleType, wl: Any, block: tuple[int, int] | None, tiles: Any
     setup = time.perf_counter() - t0
     (_, runner), *_ = run.runners.values()  # type: ignore[attr-defined]
     plan = runner.plan
+    if slowest:
+        from kiln.backends.mlir.cuda import profile
+
+        rows = profile(runner, CudaDriver.get())
+        total = sum(ms for ms, _ in rows)
+        print(
+            f"  profile of mlir-cuda {block or 'default'}: {total:.3f} ms in {len(rows)} steps; the slowest:"
+        )
+        for ms, what in rows[:slowest]:
+            print(f"    {ms:8.3f} ms  {what}")
     note = (
         f"{len(plan.launches)} kernel launches, {len(plan.buffers)} device buffers, blocks "
         f"{sorted({launch.block for launch in plan.launches})}; kernels alone "
@@ -151,7 +163,7 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
                 if tiles == "none"
                 else GpuTiles(*map(int, tiles.split("x")))
             )
-            systems[label] = lambda block=block, t=t: mlir_cuda(tc, wl, block, t)
+            systems[label] = lambda block=block, t=t: mlir_cuda(tc, wl, block, t, args.profile)
     rows: list[tuple[str, float | None, str]] = []
     failed = []
     for sys_name, build in systems.items():
@@ -195,6 +207,9 @@ def main() -> int:
         "--tiles",
         type=lambda s: s.split(","),
         help="mlir-cuda matmul tiles bm x bn x tm x tn to compare, or none, e.g. 32x64x4x4,none",
+    )
+    ap.add_argument(
+        "--profile", type=int, default=0, help="print the N slowest mlir-cuda kernels (CUDA events)"
     )
     args = ap.parse_args()
     from kiln.backends.mlir.cudadrv import CudaDriver, CudaError

@@ -34,8 +34,8 @@ from .common import (
     symbolic_dims,
 )
 from .cudadrv import CudaDriver, driver_available
-from .launch import LaunchPlan, PlanRunner, binaries, kernel_signatures, read_host
-from .pipeline import GpuTiles, bufferized, cuda_stages, gpu_schedule
+from .launch import Launch, LaunchPlan, PlanRunner, binaries, kernel_signatures, read_host
+from .pipeline import GENERALIZE_SCRIPT, GpuTiles, bufferized, cuda_stages, gpu_schedule, mark_for_generalize
 
 if TYPE_CHECKING:
     from mlir import ir as mlir_ir
@@ -105,6 +105,8 @@ def launch_plan(
         with context, mlir_ir.Location.unknown():
             module = bufferized(spec, context, NAME)
             if schedule and tiles is not None:
+                if tiles.threads and mark_for_generalize(module):  # named ops (fill, copy, ...) as generics
+                    apply_script(module, GENERALIZE_SCRIPT, "generalize", NAME)
                 script, count = gpu_schedule(module, tiles)
                 try:
                     if count:
@@ -134,6 +136,33 @@ def launch_plan(
             run_stage(module, serialize, NAME)
             buffers, steps = read_host(module, spec.func_name, sigs)
             return LaunchPlan(spec.func_name, chip, tuple(buffers), tuple(steps), tuple(binaries(module)))
+
+
+def profile(runner: PlanRunner, driver: CudaDriver, calls: int = 10) -> list[tuple[float, str]]:
+    """Median device milliseconds of each step of ``runner``'s plan (CUDA events around every
+    launch and copy, ``calls`` times), slowest first, each with what the step is."""
+    events = [(driver.event(), driver.event()) for _ in runner.calls]
+    times: list[list[float]] = [[] for _ in runner.calls]
+    driver.make_current()
+    for _ in range(calls):
+        for (start, end), call in zip(events, runner.calls, strict=True):
+            driver.record(start)
+            if call[0] == "launch":
+                driver.launch(*call[1:])
+            else:
+                driver.copy(*call[1:])
+            driver.record(end)
+        for t, (start, end) in zip(times, events, strict=True):
+            t.append(driver.elapsed_ms(start, end))
+    steps = runner.plan.steps
+    rows = []
+    for t, step in zip(times, steps, strict=True):
+        if isinstance(step, Launch):
+            what = f"{step.kernel} grid {step.grid} block {step.block} ({step.origin})"
+        else:
+            what = f"copy {step.nbytes} bytes"
+        rows.append((float(np.median(t)), what))
+    return sorted(rows, reverse=True)
 
 
 def cuda_driver_available() -> bool:

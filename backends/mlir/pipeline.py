@@ -481,6 +481,45 @@ class GpuTiles:
     bn: int = 32
     tm: int = 4
     tn: int = 4
+    #: every other op: one output element per thread along its innermost parallel dim, this many
+    #: threads a block (coalesced whatever the op's rank); 0 leaves those ops to the parallel-loop
+    #: tiling, whose tile sizes apply to the leading dims
+    threads: int = 0
+
+
+def _gpu_elementwise_schedule(i: int, op: mlir_ir.Operation, tiles: GpuTiles) -> list[str]:
+    from mlir import ir as mlir_ir
+
+    ranges = _loop_ranges(op)
+    if ranges is None or op.name != "linalg.generic":
+        return []
+    kinds = ["reduction" in str(t) for t in op.attributes["iterator_types"]]
+    parallel = [d for d, red in enumerate(kinds) if not red]
+    if not parallel or not all(_vectorizable_type(x[1]) for x in map(_shape, op.operands) if x is not None):
+        return []
+    # the threads run along the output's innermost dim (coalesced), skipping unit dims (a
+    # keepdim reduction's (rows, 1)); a reduction gets at most a warp a block, so that its rows
+    # (each thread loops over one) spread over the multiprocessors
+    out_map = op.attributes["indexing_maps"][len(op.operands) - 1].value
+    wide = [d for d in parallel if ranges[d] > 1] or parallel
+    dims = [e.position for e in out_map.results if isinstance(e, mlir_ir.AffineDimExpr)]
+    inner = next((d for d in reversed(dims) if d in wide), wide[-1])
+    cap = 32 if any(kinds) else tiles.threads
+    if _volume([ranges[d] for d in parallel if d != inner]) == 1:
+        cap = min(cap, ranges[inner] // 2)  # keep two blocks: a one-block loop folds away and would not map
+    tx = _fit(ranges[inner], max(cap, 1))
+    if tx < 2:
+        return []  # nothing to spread over threads: left to the parallel-loop tiling
+    blocks = [0 if red else (tx if d == inner else 1) for d, red in enumerate(kinds)]
+    threads = [1 if d == inner else 0 for d in range(len(kinds))]
+    any_op = "(!transform.any_op) -> (!transform.any_op, !transform.any_op)"
+    return [
+        f'%e{i} = transform.structured.match ops{{["linalg.generic"]}} attributes {{kiln.e = {i} : i64}} in %root'
+        " : (!transform.any_op) -> !transform.any_op",
+        f"%eb{i}, %ebl{i} = transform.structured.tile_using_forall %e{i} tile_sizes {blocks} : {any_op}",
+        f"%et{i}, %etl{i} = transform.structured.tile_using_forall %eb{i} tile_sizes {threads} : {any_op}",
+        f"%el{i} = transform.structured.convert_to_loops %et{i} : (!transform.any_op) -> !transform.any_op",
+    ]
 
 
 def _contraction_ranges(op: mlir_ir.Operation) -> list[int] | None:
@@ -545,6 +584,11 @@ def gpu_schedule(module: mlir_ir.Module, tiles: GpuTiles) -> tuple[str, int]:
         lines = _gpu_matmul_schedule(count, op, tiles) if op.name in (*MATMUL_OPS, "linalg.generic") else []
         if lines:
             op.attributes["kiln.g"] = mlir_ir.IntegerAttr.get(i64, count)
+        elif tiles.threads and op.name == "linalg.generic":
+            lines = _gpu_elementwise_schedule(count, op, tiles)
+            if lines:
+                op.attributes["kiln.e"] = mlir_ir.IntegerAttr.get(i64, count)
+        if lines:
             body.extend(lines)
             count += 1
     script = (

@@ -274,3 +274,23 @@ def test_matmul_is_register_tiled() -> None:
     assert mm_plain.count("fma.rn.f32") + mm_plain.count("mul.rn.f32") == 1  # one product per k
     launch = tiled.launches[1]
     assert launch.block[0] * launch.block[1] == (32 // 4) * (32 // 4)  # a 32x32 block tile of 4x4 threads
+
+
+def test_profile_times_every_step_on_a_fake_device() -> None:
+    from kiln.backends.mlir.cuda import profile
+
+    class TimedFake(FakeDevice):
+        def event(self) -> list[float]:
+            return [0.0]
+
+        def record(self, ev: list[float]) -> None:
+            ev[0] = float(len(self.log))  # the "time" is how many calls were made so far
+
+        def elapsed_ms(self, start: list[float], end: list[float]) -> float:
+            return end[0] - start[0]
+
+    plan = launch_plan(SPEC, "sm_90", tiles=None)
+    dev = TimedFake()
+    rows = profile(PlanRunner(plan, dev), dev, calls=3)  # type: ignore[arg-type]
+    assert len(rows) == len(plan.steps) and all(ms == 1.0 for ms, _ in rows)  # one launch inside each pair
+    assert all("mlp_kernel grid" in what for _, what in rows)

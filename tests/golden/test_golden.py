@@ -135,19 +135,39 @@ def test_golden_gpu(case: Golden, target: str) -> None:
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=lambda g: g.name)
+def test_golden_gpu_elementwise_schedule(case: Golden) -> None:
+    """mlir-cuda with every op scheduled (one element per thread along the innermost parallel
+    dim) rather than left to the parallel-loop tiling: the same outputs."""
+    if not _gpu_present("mlir-cuda"):
+        pytest.skip("mlir-cuda: no NVIDIA GPU or CUDA driver on this machine (test_gpu_plan builds its code)")
+    from kiln.backends.mlir.cuda import MlirCudaBackend
+    from kiln.backends.mlir.pipeline import GpuTiles
+    from kiln.ir.targets import get_target
+
+    graph, inputs, _ = case.load()
+    reference = kiln.compile(graph, "reference", pipeline="").run(inputs)
+    lowered = kiln.PassManager.parse(get_target("mlir-cuda").pipeline).run(graph)
+    got = MlirCudaBackend(tiles=GpuTiles(threads=128)).compile(lowered)(inputs)
+    for name, want in reference.items():
+        assert_close(got[name], want, f"{case.name}: mlir-cuda (threads=128) vs reference, output {name}")
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=lambda g: g.name)
 def test_gpu_plan(case: Golden) -> None:
     """Without a GPU: every case lowers to PTX for sm_90 and its host code to a launch plan whose
     kernel parameters match the kernels' signatures (``launch_plan`` checks them)."""
     from kiln.backends.mlir.common import bind_dims, export_graph
     from kiln.backends.mlir.cuda import launch_plan
+    from kiln.backends.mlir.pipeline import GpuTiles
     from kiln.ir.targets import get_target
 
     graph, inputs, _ = case.load()
     target = get_target("mlir-cuda")
     graph = kiln.PassManager.parse(target.pipeline).run(graph)
-    plan = launch_plan(
-        export_graph(graph, bind_dims(graph, inputs, target.name), target.name), "sm_90", target.gpu_block
-    )
+    exp = export_graph(graph, bind_dims(graph, inputs, target.name), target.name)
+    plan = launch_plan(exp, "sm_90", target.gpu_block)
     assert plan.launches and all(".entry" in text for _, text in plan.ptx)
     args = {b.arg for b in plan.buffers if b.kind == "arg"}
     assert args == set(range(len(args)))  # every argument has its buffer
+    every_op = launch_plan(exp, "sm_90", target.gpu_block, GpuTiles(threads=128))  # the opt-in schedule
+    assert every_op.launches and len(every_op.buffers) == len(plan.buffers)
