@@ -135,9 +135,10 @@ def test_golden_gpu(case: Golden, target: str) -> None:
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=lambda g: g.name)
-def test_golden_gpu_elementwise_schedule(case: Golden) -> None:
-    """mlir-cuda with every op scheduled (one element per thread along the innermost parallel
-    dim) rather than left to the parallel-loop tiling: the same outputs."""
+def test_golden_gpu_loop_tiling(case: Golden) -> None:
+    """mlir-cuda with the ops other than matmuls left to upstream's parallel-loop tiling (the
+    default schedules them: one element per thread along the innermost parallel dim): the same
+    outputs."""
     if not _gpu_present("mlir-cuda"):
         pytest.skip("mlir-cuda: no NVIDIA GPU or CUDA driver on this machine (test_gpu_plan builds its code)")
     from kiln.backends.mlir.cuda import MlirCudaBackend
@@ -147,9 +148,9 @@ def test_golden_gpu_elementwise_schedule(case: Golden) -> None:
     graph, inputs, _ = case.load()
     reference = kiln.compile(graph, "reference", pipeline="").run(inputs)
     lowered = kiln.PassManager.parse(get_target("mlir-cuda").pipeline).run(graph)
-    got = MlirCudaBackend(tiles=GpuTiles(threads=128)).compile(lowered)(inputs)
+    got = MlirCudaBackend(tiles=GpuTiles(threads=0)).compile(lowered)(inputs)
     for name, want in reference.items():
-        assert_close(got[name], want, f"{case.name}: mlir-cuda (threads=128) vs reference, output {name}")
+        assert_close(got[name], want, f"{case.name}: mlir-cuda (threads=0) vs reference, output {name}")
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=lambda g: g.name)
@@ -169,5 +170,5 @@ def test_gpu_plan(case: Golden) -> None:
     assert plan.launches and all(".entry" in text for _, text in plan.ptx)
     args = {b.arg for b in plan.buffers if b.kind == "arg"}
     assert args == set(range(len(args)))  # every argument has its buffer
-    every_op = launch_plan(exp, "sm_90", target.gpu_block, GpuTiles(threads=128))  # the opt-in schedule
-    assert every_op.launches and len(every_op.buffers) == len(plan.buffers)
+    loops = launch_plan(exp, "sm_90", target.gpu_block, GpuTiles(threads=0))  # upstream's loop tiling
+    assert loops.launches and len(loops.buffers) == len(plan.buffers)
