@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -84,6 +85,27 @@ def test_kernels_full_sweep(q: QuantType) -> None:
         _check(q, qw, m, act, vnni=None)
     for m in (1, 5):
         _check(q, qw, m, "int8", vnni=False)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_split_decode_without_gfni(bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU with AVX-512 VNNI but no GFNI decodes the packed parts with shifts and masks instead
+    of one affine map each: the same integers, so bitwise the same outputs."""
+    if not llvm_kernels.host_has_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI: the LLVM kernels do not run here")
+    q = QuantType(bits, Scheme.SYM if bits > 1 else Scheme.BIPOLAR, 64)
+    qw = _weight(q, 512, 40, seed=3)
+    kern = make_qmatmul(q, 512, 40, act="int8")
+    assert kern.plan is not None
+    monkeypatch.setattr(llvm_kernels, "host_has_gfni", lambda: False)
+    plain = dataclasses.replace(kern, compiled=llvm_kernels.compile_plan.__wrapped__(kern.plan))  # uncached
+    assert "vgf2p8affineqb" not in kernel_source(plain)
+    for m in (1, 5):
+        x = np.random.default_rng(m).standard_normal((m, 512)).astype(np.float32)
+        want, got = np.empty((m, 40), np.float32), np.empty((m, 40), np.float32)
+        kern(x, qw.codes, qw.scales, qw.zeros, want)
+        plain(x, qw.codes, qw.scales, qw.zeros, got)
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("q", _qtypes([2, 4, 5], [32]), ids=lambda q: q.name)
