@@ -298,8 +298,21 @@ class _Gen:
         for f in _flat(facc):
             f.add_incoming(ir.Constant(V16F, None), pre)
         zero_i = ir.Constant(V16I32, None)
+        tix = b.sdiv(t, I64(step), name="step_index")
+        xsl = []
+        for m in range(mb):
+            src = b.gep(self.xsum[m], [b.mul(tix, I64(16))], source_etype=I32)
+            xsl.append(b.load(src, typ=V16I32, name=f"xsum_lanes{m}", align=4))  # NumPy aligns to 16 at best
+        # with a constant offset and a = 1 the sums start at -c * xsum: no subtraction per row after
+        folded = p.c_const >= 0 and p.a == 1
+        init = [
+            b.sub(zero_i, b.mul(ir.Constant(V16I32, [p.c_const] * 16), x), name=f"iacc_init{m}")
+            if folded
+            else zero_i
+            for m, x in enumerate(xsl)
+        ]
         if step == p.sb:
-            iacc = self.block(t, xrow, [[zero_i] * mb for _ in range(nr)])
+            iacc = self.block(t, xrow, [list(init) for _ in range(nr)])
         else:  # a group of several blocks: i32 sums over the group first
             b.comment(f"one group = {step // p.sb} blocks of {p.sb} weights: accumulate in i32")
             bpre = b.block
@@ -309,8 +322,9 @@ class _Gen:
             j = b.phi(I64, "block_k0")
             j.add_incoming(t, bpre)
             ia = [[b.phi(V16I32, f"iacc{r}_{m}") for m in range(mb)] for r in range(nr)]
-            for v in _flat(ia):
-                v.add_incoming(zero_i, bpre)
+            for row in ia:
+                for m, v in enumerate(row):
+                    v.add_incoming(init[m], bpre)
             iacc = self.block(j, xrow, [list(row) for row in ia])
             j_next = b.add(j, I64(p.sb), name="block_next")
             for v, nv in zip(_flat(ia), _flat(iacc), strict=True):
@@ -319,19 +333,15 @@ class _Gen:
             after = fn.append_basic_block("group_end")
             b.cbranch(b.icmp_signed("<", j_next, b.add(t, I64(step))), inner, after)
             b.position_at_end(after)
-        b.comment("the offset, in integers: iacc = a * iacc - c * (sum of x over the lane's group)")
-        tix = b.sdiv(t, I64(step), name="step_index")
-        xsl = []
-        for m in range(mb):
-            src = b.gep(self.xsum[m], [b.mul(tix, I64(16))], source_etype=I32)
-            xsl.append(b.load(src, typ=V16I32, name=f"xsum_lanes{m}", align=4))  # NumPy aligns to 16 at best
-        for r in range(nr):
-            cl = self.lane_offsets(t, r)
-            for m in range(mb):
-                v = iacc[r][m]
-                if p.a != 1:
-                    v = b.mul(v, ir.Constant(V16I32, [p.a] * 16), name=f"a_iacc{r}_{m}")
-                iacc[r][m] = b.sub(v, b.mul(cl, xsl[m]), name=f"iacc{r}_{m}_off")
+        if not folded:
+            b.comment("the offset, in integers: iacc = a * iacc - c * (sum of x over the lane's group)")
+            for r in range(nr):
+                cl = self.lane_offsets(t, r)
+                for m in range(mb):
+                    v = iacc[r][m]
+                    if p.a != 1:
+                        v = b.mul(v, ir.Constant(V16I32, [p.a] * 16), name=f"a_iacc{r}_{m}")
+                    iacc[r][m] = b.sub(v, b.mul(cl, xsl[m]), name=f"iacc{r}_{m}_off")
         b.comment("lane-wise: facc += float(iacc) * scale of the lane's group")
         new = []
         for r in range(nr):
@@ -377,8 +387,14 @@ class _Gen:
         vt = ir.VectorType(etype, per)
         if per > 1:  # NumPy aligns only the row start: load at element alignment
             v = b.load(src, typ=vt, name=f"{what}_groups", align=align)
-        else:
-            v = b.insert_element(ir.Constant(vt, None), b.load(src, typ=etype, name=f"{what}_group"), I32(0))
+        else:  # splat before widening: a broadcast load the convert can take as its operand
+            one = b.insert_element(
+                ir.Constant(ir.VectorType(etype, 16), None),
+                b.load(src, typ=etype, name=f"{what}_group"),
+                I32(0),
+            )
+            zero = ir.Constant(ir.VectorType(I32, 16), [0] * 16)
+            return widen(b.shuffle_vector(one, ir.Constant(one.type, None), zero, name=f"splat_{what}"), 16)
         v = widen(v, per)
         mask = ir.Constant(ir.VectorType(I32, 16), [lane * per // 16 for lane in range(16)])
         return b.shuffle_vector(v, ir.Constant(v.type, None), mask, name=f"lane_{what}")
