@@ -161,9 +161,11 @@ def kernels(threads: int, quick: bool, tmp: str) -> None:
     xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in rows}
     w = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
     table: list[tuple[str, float, dict[int, float]]] = []  # (name, weight bytes, us per M)
+    runs: dict[str, Callable[[np.ndarray], object]] = {}
 
     def add(name: str, nbytes: float, run: Callable[[np.ndarray], object]) -> None:
         table.append((name, nbytes, {m: median_us(lambda m=m: run(xs[m]), budget) for m in rows}))
+        runs[name] = run
         pause()
 
     add("numpy float32", w.nbytes, lambda x: x @ w)
@@ -223,6 +225,37 @@ def kernels(threads: int, quick: bool, tmp: str) -> None:
     print(
         "/ORT4: time over onnxruntime's fastest 4-bit MatMulNBits configuration at that M (lower is faster)"
     )
+    best_ort = min(ort4, key=lambda t: t[2][1])[0]
+    heads = ["numpy float32", best_ort] + [
+        next(t[0] for t in table if t[0].startswith(f"kiln {b}-bit packed (int8 act")) for b in (4, 2, 1)
+    ]
+    interleaved(heads, {h: runs[h] for h in heads}, xs[1], rounds=3 if quick else 7)
+
+
+def interleaved(names: list[str], runs: dict[str, Callable[[np.ndarray], object]], x: np.ndarray,
+                rounds: int) -> None:  # fmt: skip
+    """The headline GEMVs again, in rounds that take each system in turn: a machine that speeds up
+    or slows down between the table's rows (a shared host) then moves every system of a round
+    alike, and the ratios are taken within each round."""
+    us: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            us[name].append(median_us(lambda name=name: runs[name](x), 0.3))
+            time.sleep(0.05)
+    print(f"\n== GEMV M=1 in {rounds} interleaved rounds (median us per round; ratios within each round)")
+    for name in names:
+        v = us[name]
+        print(f"{name:<58}{'min':>6}{min(v):>9.1f}{'median':>9}{float(np.median(v)):>9.1f}")
+    k4, k2, k1 = (np.array(us[n]) for n in names[2:])
+    for label, ratio in (
+        ("NumPy float32 / kiln 4-bit", np.array(us[names[0]]) / k4),
+        ("onnxruntime 4-bit / kiln 4-bit", np.array(us[names[1]]) / k4),
+        ("kiln 4-bit / kiln 2-bit", k4 / k2),
+        ("kiln 2-bit / kiln 1-bit", k2 / k1),
+    ):
+        print(
+            f"{label:<40} median {float(np.median(ratio)):.2f}x  (rounds: {', '.join(f'{r:.2f}' for r in ratio)})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

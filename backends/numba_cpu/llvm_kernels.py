@@ -37,6 +37,7 @@ MAX_MB = 4
 # rows at once so that four independent vpdpbusd/FMA chains hide their latency and share x loads
 Widen = Callable[[ir.Value, int], ir.Value]  # (a <per x T> vector, per) -> its 32-bit widening
 ROWS_PER_STEP = {1: 4, 2: 2, 3: 1, 4: 1}
+PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = prefetcht0 (L1); t1 and t2 measured the same (session 5)
 PREFETCH_BYTES = 4096  # how far ahead (in codes, rounded up to whole row groups) the kernels prefetch
 # (4096x4096 GEMV, interleaved: 2-bit 145 -> 139 us, 1-bit 97.8 -> 96.5 us against 8192; 3, 4 and 8 bits equal)
 
@@ -411,7 +412,10 @@ class _Gen:
         b.comment(f"prefetch the codes the row group {dist // span} groups on will read at this offset")
         for r in range(self.nr):
             ahead = b.add(b.sdiv(b.mul(k0, I64(self.p.bits)), I64(8)), I64(dist))
-            b.call(self.prefetch, [b.gep(self.codes[r], [ahead], source_etype=I8), I32(0), I32(3), I32(1)])
+            b.call(
+                self.prefetch,
+                [b.gep(self.codes[r], [ahead], source_etype=I8), I32(0), I32(PREFETCH_LOCALITY), I32(1)],
+            )
         parts = [self.decode(k0, r) for r in range(self.nr)]
         for j in range(len(parts[0])):
             for m in range(self.mb):
