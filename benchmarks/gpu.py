@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import os
 import subprocess
 import sys
@@ -28,19 +27,11 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from backends_cpu import load_transformer_bench  # benchmarks/ is sys.path[0] for scripts
 
 import kiln
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_tests() -> int:
@@ -66,9 +57,7 @@ def device_ms(runner: Any, driver: Any, calls: int) -> float:
     return float(np.median(times))
 
 
-def mlir_cuda(
-    tc: ModuleType, wl: Any, block: tuple[int, int] | None, tiles: Any, slowest: int
-) -> tuple[Any, float, str]:
+def mlir_cuda(wl: Any, block: tuple[int, int] | None, tiles: Any, slowest: int) -> tuple[Any, float, str]:
     from kiln.backends.mlir.cuda import MlirCudaBackend
     from kiln.backends.mlir.cudadrv import CudaDriver
     from kiln.ir.targets import get_target
@@ -101,45 +90,26 @@ def mlir_cuda(
     return (lambda: tuple(run(feeds)[n] for n in names)), setup, note
 
 
-def jax_gpu(fn_maker: Any, inputs: tuple[np.ndarray, ...]) -> tuple[Any, float, str]:
+def jax_gpu(tc: ModuleType, wl: Any) -> tuple[Any, float, str]:
     import jax
 
     t0 = time.perf_counter()
-    fn = fn_maker()
-    dev_inputs = [jax.device_put(x) for x in inputs]
-    jax.block_until_ready(fn(*dev_inputs))
+    fn = wl.make_jax()
+    jax.block_until_ready(fn(*wl.inputs))  # traces and compiles
     setup = time.perf_counter() - t0
-
-    def call() -> Any:
-        return tuple(np.asarray(o) for o in tc_as_tuple(jax.block_until_ready(fn(*inputs))))
-
-    return call, setup, f"device {jax.devices()[0].device_kind}"
-
-
-def tc_as_tuple(out: Any) -> tuple[Any, ...]:
-    return tuple(out) if isinstance(out, tuple | list) else (out,)
+    return (
+        (lambda: tc.as_tuple(jax.block_until_ready(fn(*wl.inputs)))),
+        setup,
+        f"device {jax.devices()[0].device_kind}",
+    )
 
 
-def kiln_jax(wl: Any) -> tuple[Any, float, str]:
+def kiln_jax(tc: ModuleType, wl: Any) -> tuple[Any, float, str]:
     t0 = time.perf_counter()
     compiled = wl.make_kiln(target="jax").lower(*wl.inputs).compile()
     compiled(*wl.inputs)
     setup = time.perf_counter() - t0
-    return (lambda: tuple(np.asarray(o) for o in tc_as_tuple(compiled(*wl.inputs)))), setup, ""
-
-
-def timed(call: Any, budget_s: float) -> list[float]:
-    for _ in range(3):
-        call()
-    t0 = time.perf_counter()
-    call()
-    est = time.perf_counter() - t0
-    out = []
-    for _ in range(max(5, min(2000, int(budget_s / max(est, 1e-6))))):
-        t0 = time.perf_counter()
-        call()
-        out.append(1e3 * (time.perf_counter() - t0))
-    return out
+    return (lambda: tc.as_tuple(compiled(*wl.inputs))), setup, ""
 
 
 def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
@@ -147,8 +117,8 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
     want = tc.as_tuple(wl.run_numpy(*wl.inputs))
     systems: dict[str, Any] = {
         "numpy": lambda: ((lambda: tc.as_tuple(wl.run_numpy(*wl.inputs))), 0.0, "CPU"),
-        "jax (hand)": lambda: jax_gpu(wl.make_jax, wl.inputs),
-        "kiln jax": lambda: kiln_jax(wl),
+        "jax (hand)": lambda: jax_gpu(tc, wl),
+        "kiln jax": lambda: kiln_jax(tc, wl),
     }
     from kiln.backends.mlir.pipeline import GpuTiles
 
@@ -163,7 +133,7 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
                 if tiles == "none"
                 else GpuTiles(*map(int, tiles.split("x")))
             )
-            systems[label] = lambda block=block, t=t: mlir_cuda(tc, wl, block, t, args.profile)
+            systems[label] = lambda block=block, t=t: mlir_cuda(wl, block, t, args.profile)
     rows: list[tuple[str, float | None, str]] = []
     failed = []
     for sys_name, build in systems.items():
@@ -174,7 +144,7 @@ def bench(tc: ModuleType, name: str, args: argparse.Namespace) -> list[str]:
                 rows.append((sys_name, None, f"wrong result: max |err| {err:.3g}"))
                 failed.append(f"{name}/{sys_name}")
                 continue
-            ms = float(np.median(timed(call, args.budget)))
+            ms = float(np.median(tc.measure(call, args.budget)))
             rows.append((sys_name, ms, f"max |err| {err:.2e}, setup {setup:.1f} s; {note}"))
         except Exception as e:  # report and go on
             rows.append((sys_name, None, f"error: {type(e).__name__}: {str(e).splitlines()[0][:300]}"))
@@ -223,7 +193,7 @@ def main() -> int:
     drv.lib.cuDriverGetVersion(ctypes.byref(version))
     print(f"GPU: {drv.name} ({drv.chip}), CUDA driver API {version.value}; {os.cpu_count()} CPUs")
     status = run_tests() if args.tests else 0
-    tc = load("kiln_bench_transformer_cpu", ROOT / "benchmarks" / "transformer_cpu.py")
+    tc = load_transformer_bench()
     import jax
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; numpy {np.__version__}")

@@ -95,42 +95,44 @@ def launch_plan(
 
     if chip not in CHIPS and not re.fullmatch(r"sm_\d+a?", chip):
         raise BackendError(f"{NAME}: unknown chip '{chip}'; expected one of {', '.join(CHIPS)}")
-    # A thread block larger than a loop's trip count leaves that loop unmapped (upstream's
-    # gpu-map-parallel-loops then leaves it on the host): halve the block until every loop maps.
-    # A documented limit (README): one block size serves every kernel of the module, so one small
-    # loop nest shrinks the blocks of all of them.
+    # Loops left on the host (a schedule whose loops folded away, or, in upstream's mapping, a loop
+    # shorter than its tile) cannot run: drop the schedule, then halve the block until all map.
+    # A documented limit (README): one block size serves every loop the schedule does not cover.
     schedule = tiles is not None
     while True:
         context = mlir_ir.Context()
         with context, mlir_ir.Location.unknown():
             module = bufferized(spec, context, NAME)
             if schedule and tiles is not None:
-                if tiles.threads and mark_for_generalize(module):  # named ops (fill, copy, ...) as generics
-                    apply_script(module, GENERALIZE_SCRIPT, "generalize", NAME)
-                script, count = gpu_schedule(module, tiles)
                 try:
+                    if tiles.threads and mark_for_generalize(
+                        module
+                    ):  # named ops (fill, copy, ...) as generics
+                        apply_script(module, GENERALIZE_SCRIPT, "generalize", NAME)
+                    script, count = gpu_schedule(module, tiles)
                     if count:
                         apply_script(module, script, "schedule", NAME)
                 except BackendError as e:
                     warnings.warn(
-                        f"{NAME}: matmul schedule failed, running @{spec.func_name} with one element per thread: {e}",
+                        f"{NAME}: the GPU schedule failed, running @{spec.func_name} on upstream's loop mapping: {e}",
                         stacklevel=2,
                     )
                     schedule = False
                     continue
             mapping, lowering, serialize = cuda_stages(chip, block, find_libdevice())
             run_stage(module, mapping, NAME)
-            if _host_loops(module, spec.func_name) and schedule:
-                warnings.warn(
-                    f"{NAME}: the matmul schedule left loops on the host in @{spec.func_name}; "
-                    "running its matmuls with one element per thread",
-                    stacklevel=2,
-                )
-                schedule = False
-                continue
-            if _host_loops(module, spec.func_name) and block != (1, 1):
-                block = (max(1, block[0] // 2), max(1, block[1] // 2))
-                continue
+            if _host_loops(module, spec.func_name):
+                if schedule:
+                    warnings.warn(
+                        f"{NAME}: the GPU schedule left loops on the host in @{spec.func_name}; "
+                        "running it on upstream's loop mapping",
+                        stacklevel=2,
+                    )
+                    schedule = False
+                    continue
+                if block != (1, 1):
+                    block = (max(1, block[0] // 2), max(1, block[1] // 2))
+                    continue
             run_stage(module, lowering, NAME)
             sigs = kernel_signatures(module)
             run_stage(module, serialize, NAME)

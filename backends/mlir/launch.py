@@ -216,9 +216,8 @@ def binaries(module: Any) -> list[tuple[str, str]]:
     for op in module.body.operations:
         if op.operation.name == "gpu.binary":
             name = str(op.attributes["sym_name"]).strip('"')
-            for obj in op.attributes["objects"]:
-                out.append((name, gpu.ObjectAttr(obj).object.decode()))
-                break
+            objects = op.attributes["objects"]  # one per target: kiln attaches one
+            out.append((name, gpu.ObjectAttr(objects[0]).object.decode()))
     return out
 
 
@@ -369,6 +368,7 @@ class PlanRunner:
         self.device = device
         device.make_current()
         self.addresses: list[int] = []
+        self._arg_buffers = {b.arg: j for j, b in enumerate(plan.buffers) if b.kind == "arg"}
         try:
             for b in plan.buffers:
                 self.addresses.append(device.alloc(b.nbytes))
@@ -401,13 +401,10 @@ class PlanRunner:
         return self.addresses[v.buffer] + v.offset * v.itemsize
 
     def arg_address(self, i: int) -> int:
-        return self.addresses[self._arg_buffer(i)]
-
-    def _arg_buffer(self, i: int) -> int:
-        for j, b in enumerate(self.plan.buffers):
-            if b.kind == "arg" and b.arg == i:
-                return j
-        raise BackendError(f"{NAME}: @{self.plan.func_name} has no argument {i}")
+        j = self._arg_buffers.get(i)
+        if j is None:
+            raise BackendError(f"{NAME}: @{self.plan.func_name} has no argument {i}")
+        return self.addresses[j]
 
     def set_arg(self, i: int, data: np.ndarray) -> None:
         self.device.upload(self.arg_address(i), data)

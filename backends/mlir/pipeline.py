@@ -437,6 +437,18 @@ def _generic_schedule(i: int, op: mlir_ir.Operation, tiles: CpuTiles) -> list[st
     return lines
 
 
+def _transform_script(body: list[str]) -> str:
+    """The named sequence holding ``body`` (per-op tiling lines) and then the vector lowering."""
+    return (
+        "module attributes {transform.with_named_sequence} {\n"
+        "  transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {\n    "
+        + "\n    ".join(body)
+        + '\n    %f = transform.structured.match ops{["func.func"]} in %root : (!transform.any_op) -> !transform.any_op'
+        + _VECTOR_LOWERING
+        + "    transform.yield\n  }\n}\n"
+    )
+
+
 def cpu_schedule(module: mlir_ir.Module, tiles: CpuTiles) -> tuple[str, int]:
     """The transform script for a bufferized, generalized module: per-op tiling and vectorisation
     (ops are tagged ``kiln.s = N`` so that each gets its own sizes), then the vector lowering.
@@ -457,15 +469,7 @@ def cpu_schedule(module: mlir_ir.Module, tiles: CpuTiles) -> tuple[str, int]:
             op.attributes["kiln.s"] = mlir_ir.IntegerAttr.get(i64, count)
             body.extend(lines)
             count += 1
-    script = (
-        "module attributes {transform.with_named_sequence} {\n"
-        "  transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {\n    "
-        + "\n    ".join(body)
-        + '\n    %f = transform.structured.match ops{["func.func"]} in %root : (!transform.any_op) -> !transform.any_op'
-        + _VECTOR_LOWERING
-        + "    transform.yield\n  }\n}\n"
-    )
-    return script, count
+    return _transform_script(body), count
 
 
 # -- CUDA ---------------------------------------------------------------------------------------
@@ -592,15 +596,7 @@ def gpu_schedule(module: mlir_ir.Module, tiles: GpuTiles) -> tuple[str, int]:
         if lines:
             body.extend(lines)
             count += 1
-    script = (
-        "module attributes {transform.with_named_sequence} {\n"
-        "  transform.named_sequence @__transform_main(%root: !transform.any_op {transform.readonly}) {\n    "
-        + "\n    ".join(body)
-        + '\n    %f = transform.structured.match ops{["func.func"]} in %root : (!transform.any_op) -> !transform.any_op'
-        + _VECTOR_LOWERING
-        + "    transform.yield\n  }\n}\n"
-    )
-    return script, count
+    return _transform_script(body), count
 
 
 def cuda_stages(chip: str, block: tuple[int, int], libdevice: str | None) -> tuple[Stage, ...]:
