@@ -3,7 +3,9 @@
 Lowering table (op -> how it runs):
 - ``fused``: its leading matmul (if any) with BLAS (``np.matmul(..., out=)``), then one generated
   row kernel (codegen.py) for the rest of the body;
-- ``attention``: the streaming online-softmax kernel (attention.py);
+- ``attention``: the streaming online-softmax kernel (attention.py); a decode attention (one
+  query) over ``concat(past, new)`` K and V runs kv_attention.py's kernel, which writes the two
+  concats (the next step's cache) while it reads them, the concat steps only naming their buffers;
 - ``matmul``: BLAS into a planned buffer;
 - views, free: reshape, squeeze, unsqueeze, transpose, slice, split, broadcast_to;
 - copies into planned buffers: concat (``np.concatenate(out=)``), gather (``np.take(out=)``);
@@ -43,6 +45,7 @@ from ..memory import plan_buffers
 from .attention import attention_source
 from .cache import KernelCache
 from .codegen import generate
+from .kv_attention import KvAppend, KvAttention, find_kv_appends
 
 VIEWS = frozenset({"reshape", "squeeze", "unsqueeze", "transpose", "slice", "split", "broadcast_to"})
 NUMPY_OPS = frozenset(
@@ -90,6 +93,10 @@ class Executor:
         self.sources: list[str] = []
         self._mm_values: dict[Node, Value] = {}
         self._in_place: dict[Node, set[int]] = {}  # concat -> operands planned inside its buffer
+        # decode attentions that append to the KV cache themselves (kv_attention.py), and the
+        # concats they fill; settled in plan()
+        self._kv: dict[Node, KvAppend] = {a.attention: a for a in find_kv_appends(graph, VIEWS)}
+        self._kv_concats: set[Node] = set()
         self.slot: dict[Value, int] = {}
         for v in graph.inputs:
             self.slot_of(v)
@@ -117,7 +124,8 @@ class Executor:
             for name, v in graph.outputs
         ]
         ops, kernels = kernel_counts(graph)
-        self.stats: dict[str, Any] = {"kernels": kernels, "ops": ops, "peak_bytes": self.peak_bytes}
+        self.stats: dict[str, Any] = {"kernels": kernels, "ops": ops, "peak_bytes": self.peak_bytes,
+                                      "kv_append_attention": len(self._kv)}  # fmt: skip
         self.warm_up()
         self.stats["compile_s"] = time.perf_counter() - t0
 
@@ -162,6 +170,15 @@ class Executor:
             steps.append((defs, list(n.operands)))
         outputs = {v for _, v in self.graph.outputs}
         slices = self._concat_destinations(alias, nbytes, outputs)
+        self._kv = {
+            a: kv for a, kv in self._kv.items()
+            if kv.k_concat not in self._in_place and kv.v_concat not in self._in_place
+        }  # fmt: skip
+        for i, n in enumerate(self.graph.nodes):
+            if n in self._kv:  # the concats' operands are read when the attention runs
+                kv = self._kv[n]
+                steps[i] = (steps[i][0], [*steps[i][1], *kv.k_concat.operands, *kv.v_concat.operands])
+                self._kv_concats |= {kv.k_concat, kv.v_concat}
         alias.update({p: c for p, (c, _) in slices.items()})
         for v in outputs:  # the block an output is (or views) is allocated per call
             r = v
@@ -273,6 +290,8 @@ class Executor:
             return const
         if op == "fused":
             return self.lower_fused(n, ins, outs)
+        if op == "attention" and n in self._kv:
+            return self.lower_kv_attention(self._kv[n], outs)
         if op == "attention":
             return self.lower_attention(n, ins, outs)
         if op == "qmatmul":
@@ -288,6 +307,13 @@ class Executor:
             return matmul
         if op in VIEWS:
             return self.lower_view(n, ins, outs)
+        if op == "concat" and n in self._kv_concats:
+            jc, o = self.buf(n.results[0]), outs[0]
+
+            def concat_by_attention(env: list[Any]) -> None:  # filled by the attention's step
+                env[o] = bufs[jc]
+
+            return concat_by_attention
         if op == "concat":
             axis, o = n.attrs.axis, outs[0]  # type: ignore[attr-defined]
             in_place = self._in_place.get(n, set())
@@ -502,6 +528,43 @@ class Executor:
 
         return attention
 
+    def lower_kv_attention(self, kv: KvAppend, outs: list[int]) -> Step:
+        """Decode attention that writes the appended K and V caches as it reads them."""
+        n = kv.attention
+        q, k, v = (x.tensor_type.static_shape for x in n.operands[:3])
+        nb = int(np.prod(q[:-2], dtype=np.int64))
+        d, dv, sk = q[-1], v[-1], k[-2]
+        (pk, nk), (pv, nv) = kv.k_concat.operands, kv.v_concat.operands
+        t, s = pk.tensor_type.static_shape[-2], nk.tensor_type.static_shape[-2]
+        slots = [self.slot_of(x) for x in (n.operands[0], pk, nk, pv, nv)]
+        shapes = [(nb, 1, d), (nb, t, d), (nb, s, d), (nb, t, dv), (nb, s, dv)]
+        bufs = self.bufs
+        jk = self.buf(kv.k_concat.result, _reshaper((nb, sk, d)))
+        jv = self.buf(kv.v_concat.result, _reshaper((nb, sk, dv)))
+        jo, j = self.buf(n.results[0], _reshaper((nb, 1, dv))), self.buf(n.results[0])
+        bias_v = n.operands[3]
+        producer = self.graph.producers().get(bias_v)
+        zero_bias = (
+            producer is not None and producer.op == "constant"
+            and not np.any(self.graph.constants[producer.attrs.ref])  # type: ignore[attr-defined]
+        )  # fmt: skip
+        bi = self.slot_of(bias_v)
+        no_bias = np.zeros(0, np.float32)
+        kern = KvAttention(
+            float(n.attrs.scale),  # type: ignore[attr-defined]
+            parallel=nb > 1 and nb * sk * (d + dv) >= self.target.parallel_min_elements,
+        )
+        o = outs[0]
+
+        def kv_attention(env: list[Any]) -> None:
+            q_, pk_, nk_, pv_, nv_ = (_rows(env[i], sh) for i, sh in zip(slots, shapes, strict=True))
+            bias = no_bias if zero_bias else np.ascontiguousarray(
+                np.broadcast_to(env[bi], (*q[:-2], 1, sk)), np.float32).reshape(nb, sk)  # fmt: skip
+            kern.run(q_, pk_, nk_, pv_, nv_, bufs[jk], bufs[jv], bias, bufs[jo])
+            env[o] = bufs[j]
+
+        return kv_attention
+
     # -- running --------------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         vals, _ = bind_inputs(self.graph, inputs)
@@ -528,6 +591,14 @@ class Executor:
             return  # symbolic or host inputs: kernels compile on the first call
         self.run({str(v.name): np.zeros(t.static_shape, t.scalar_dtype.np_dtype)  # type: ignore[union-attr]
                   for v, t in zip(self.graph.inputs, types, strict=True)})  # fmt: skip
+
+
+def _rows(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` as ``shape`` with unit stride along the last axis (kv_attention's layout)."""
+    y = x.reshape(shape)
+    if y.strides[-1] != y.itemsize or min(y.strides) < 0:
+        y = np.ascontiguousarray(y)
+    return y
 
 
 def _reshaper(shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
