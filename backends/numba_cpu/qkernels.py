@@ -62,39 +62,61 @@ def _binarize_f32(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(inline="always")
+def _deinterleave(src: np.ndarray, dst: np.ndarray, r: int) -> None:
+    """One block of ``64 r`` int8 activations into the ``split`` decoder's order: weight
+    ``i r + j`` to ``j 64 + i`` (llvm_kernels.x_permutation). Inlined where ``r`` is a literal,
+    so that the loops have constant strides and vectorise."""
+    for i in range(64):
+        for j in range(r):
+            dst[j * 64 + i] = src[i * r + j]
+
+
 @njit(cache=False)
-def _quantize_act(
-    x: np.ndarray, perm: np.ndarray, gl: int, xq: np.ndarray, sx: np.ndarray, xs: np.ndarray
-) -> None:
-    """Row-wise int8 quantization as ``ir.ops.quant.quantize_rows_int8``, stored in the kernel's block order (``perm``
-    within each block of ``len(perm)`` weights), with the integer group sums in ``sx``."""
+def _quantize_act(x: np.ndarray, r: int, gl: int, xq: np.ndarray, sx: np.ndarray, xs: np.ndarray) -> None:
+    """Row-wise int8 quantization as ``ir.ops.quant.quantize_rows_int8``, stored in the kernels'
+    order (``r`` weights per code byte of the ``split`` decoder, see ``_deinterleave``; r = 1: the
+    natural order), with the integer group sums in ``sx``. Loops index slices by their counters:
+    Numba's negative-index check on computed offsets keeps them from vectorising."""
     m_rows, k = x.shape
-    sb = perm.shape[0]
-    q = np.empty(k, np.int32)
+    q = np.empty(k, np.int8)
     # |x|max on the bit patterns: for floats without their sign, unsigned order is float order
     # (NaN above inf), and an integer max vectorises where a float max (NaN rules) does not
     bits = x.view(np.uint32)
     top = np.empty(m_rows, np.uint32)
     for m in range(m_rows):
+        row_bits = bits[m]
         mx = np.uint32(0)
         for i in range(k):
-            mx = max(mx, bits[m, i] & np.uint32(0x7FFFFFFF))
+            mx = max(mx, row_bits[i] & np.uint32(0x7FFFFFFF))
         top[m] = mx
     amaxes = top.view(np.float32)
     for m in range(m_rows):
         amax = amaxes[m]
         scale = amax / np.float32(127.0) if amax > 0 else np.float32(1.0)
         xs[m] = amax / np.float32(127.0)
-        for i in range(k):  # natural order first: this loop vectorises; x / scale as the reference does
-            q[i] = np.int32(min(max(np.rint(x[m, i] / scale), np.float32(-127.0)), np.float32(127.0)))
+        row = x[m]
+        for i in range(k):  # x / scale as the reference does
+            q[i] = np.int8(min(max(np.rint(row[i] / scale), np.float32(-127.0)), np.float32(127.0)))
         for g in range(k // gl):
-            acc = 0  # integer sums vectorise (a float sum would be one dependent add per element)
-            for i in range(g * gl, (g + 1) * gl):
-                acc += q[i]
-            sx[m, g] = np.float32(acc)
-        for b0 in range(0, k, sb):  # then the kernel's order: a gather within each block
-            for p in range(sb):
-                xq[m, b0 + p] = np.int8(q[b0 + perm[p]])
+            grp = q[g * gl : (g + 1) * gl]
+            acc = np.int32(0)  # integer sums vectorise (a float sum is one dependent add per element)
+            for i in range(gl):
+                acc += np.int32(grp[i])
+            sx[m, g] = np.float32(acc)  # exact: |sum| <= 127 gl
+        dst = xq[m]
+        sb = 64 * r
+        for b0 in range(0, k, sb):
+            blk, out = q[b0 : b0 + sb], dst[b0 : b0 + sb]
+            if r == 2:
+                _deinterleave(blk, out, 2)
+            elif r == 4:
+                _deinterleave(blk, out, 4)
+            elif r == 8:
+                _deinterleave(blk, out, 8)
+            else:
+                for i in range(sb):
+                    out[i] = blk[i]
 
 
 # --- the Numba kernels (no VNNI, shapes the LLVM kernels skip, and act="f32") ---------------------
@@ -231,7 +253,7 @@ def _drive_params(addrs, chunk, out, k, codes, scales, zeros, x, x_row, xsum, xs
 
 
 @njit
-def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, fork, threads):  # type: ignore[no-untyped-def]
+def _run(x, r, gl, steps, first, addrs, chunk, codes, scales, zeros, out, fork, threads):  # type: ignore[no-untyped-def]
     """The int8 path in one call: quantize the activations, lay their group sums out as accumulator
     lanes (see llvm_kernels.Plan.first_lanes), then drive the kernels."""
     m_rows, k = x.shape
@@ -240,7 +262,7 @@ def _run(x, perm, gl, steps, first, addrs, chunk, codes, scales, zeros, out, for
     xq = xbuf[xoff : xoff + m_rows * k].reshape(m_rows, k)
     sx = np.empty((m_rows, k // gl), np.float32)
     xs = np.empty(m_rows, np.float32)
-    _quantize_act(x, perm, gl, xq, sx, xs)
+    _quantize_act(x, r, gl, xq, sx, xs)
     per = first.shape[0]
     xsl = np.zeros((m_rows, steps, 16), np.int32)
     for m in range(m_rows):
@@ -298,6 +320,7 @@ class QMatmulKernel:
     compiled: lk.Compiled | None = field(default=None, repr=False)
     addresses: np.ndarray = field(default_factory=lambda: np.zeros((4, 3), np.int64), repr=False)
     _perm: np.ndarray = field(init=False, repr=False)
+    _r: int = field(init=False, repr=False, default=1)
     _first: np.ndarray = field(init=False, repr=False)
     _scale_dtype: np.dtype = field(init=False, repr=False)
     _zeros: np.ndarray = field(init=False, repr=False)
@@ -315,6 +338,7 @@ class QMatmulKernel:
             self.addresses = np.array(self.compiled.addresses, np.int64)
             perm = lk.x_permutation(p)
             self._perm = np.array(perm if perm is not None else range(p.sb), np.int64)
+            self._r = 8 // p.bits if p.decode == "split" else 1  # see _deinterleave
             self._first = np.array(p.first_lanes, np.int64)
             self._scale_dtype = np.dtype(np.float16 if p.scale_f16 else np.float32)
             self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
@@ -397,7 +421,7 @@ class QMatmulKernel:
         xq = np.empty((m, self.k), np.int8)
         sx = np.empty((m, p.groups), np.float32)
         xs = np.zeros(-(-m // 32) * 32, np.float32)
-        _quantize_act(x, self._perm, p.gl, xq, sx, xs[:m])
+        _quantize_act(x, self._r, p.gl, xq, sx, xs[:m])
         mp = xs.shape[0]
         xv = np.empty((self.k // 64, mp // 16, 16, 64), np.int8)
         sxt = np.empty((p.groups, mp), np.float32)
@@ -455,7 +479,7 @@ class QMatmulKernel:
                 x, self._perm, self.addresses, chunk, codes, raw_scales, zeros_arg, out, self._fork, threads
             )
         else:
-            _run(x, self._perm, p.gl, p.steps, self._first, self.addresses, chunk, codes, raw_scales, zeros_arg,
+            _run(x, self._r, p.gl, p.steps, self._first, self.addresses, chunk, codes, raw_scales, zeros_arg,
                  out, self._fork, threads)  # fmt: skip
 
     def _run_numba(self, x: np.ndarray, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
@@ -482,7 +506,7 @@ class QMatmulKernel:
         xq = np.empty((m, k), np.int8)
         sx = np.empty((m, k // gl), np.float32)
         xs = np.empty(m, np.float32)
-        _quantize_act(x, np.arange(k, dtype=np.int64), gl, xq, sx, xs)
+        _quantize_act(x, 1, gl, xq, sx, xs)
         if self.bit_serial:
             xplanes = np.empty((m, 8, k // 64), np.uint64)
             popcount.slice_activations(xq, xplanes)

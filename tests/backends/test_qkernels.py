@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiln.backends.numba_cpu import amx_kernels, llvm_kernels
+from kiln.backends.numba_cpu import amx_kernels, llvm_kernels, qkernels
 from kiln.backends.numba_cpu.qkernels import kernel_source, make_qmatmul
 from kiln.ir.dtypes import Layout, QuantType, Scheme
 from kiln.ir.errors import BackendError
@@ -377,3 +377,22 @@ def test_amx_covers_groups_of_whole_blocks_only() -> None:
     assert kern.amx is None
     qw = _weight(q, 512, 16, seed=1)
     _check(q, qw, 40, "int8", vnni=None)
+
+
+@pytest.mark.parametrize("r", [1, 2, 4, 8])
+@pytest.mark.parametrize("gl", [32, 128, 512])
+def test_activation_quantization_in_kernel_order(r: int, gl: int) -> None:
+    """The int8 activations the LLVM kernels read: the reference integers and scales, the group
+    sums of those integers, each block of 64 r in the split decoder's order (x_permutation)."""
+    k, m = 1024, 3
+    x = np.random.default_rng(r + gl).standard_normal((m, k)).astype(np.float32) * 3
+    x[1] = 0.0  # an all-zero row: integers 0 (the kernels keep scale 0, the reference says 1)
+    xq = np.empty((m, k), np.int8)
+    sx, xs = np.empty((m, k // gl), np.float32), np.empty(m, np.float32)
+    qkernels._quantize_act(x, r, gl, xq, sx, xs)
+    want_q, want_s = quantize_rows_int8(x)
+    np.testing.assert_array_equal(xs[[0, 2]], want_s.reshape(-1)[[0, 2]])
+    np.testing.assert_array_equal(sx, want_q.astype(np.int64).reshape(m, -1, gl).sum(-1))
+    perm = [i * r + j for j in range(r) for i in range(64)]  # position p holds weight perm[p]
+    blocks = want_q.reshape(m, -1, 64 * r)[:, :, perm].reshape(m, k)
+    np.testing.assert_array_equal(xq, blocks)
