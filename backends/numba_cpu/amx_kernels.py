@@ -115,8 +115,30 @@ attributes #0 = { "target-features"="+amx-tile,+amx-int8,+avx512f" }
 
 
 def supports(p: lk.Plan) -> bool:
-    """Whether the AMX GEMM covers this plan (int8 activations, groups of whole blocks)."""
-    return p.act == "int8" and p.gl % max(p.sb, 64) == 0
+    """Whether the AMX GEMM covers this plan: int8 activations and groups of whole 64-weight
+    steps, which are whole decoder blocks, or (``split`` decoder) any multiple of 64 inside a
+    block, whose parts decode_rows regroups (see ``split_groups``)."""
+    if p.act != "int8" or p.gl % 64:
+        return False
+    return p.gl % p.sb == 0 or split_groups(p)
+
+
+def split_groups(p: lk.Plan) -> bool:
+    """Groups inside a ``split`` block: part j of a block holds the block's weights i r + j
+    (i < 64, r = 8 / bits), so group h of the block is bytes ``[h gl/r, (h+1) gl/r)`` of every
+    part. decode_rows stores them group by group (the chunk h of parts 0 .. r-1 in turn), so that
+    each 64-weight step lies in one group; ``amx_order`` permutes the activations to match."""
+    return p.decode == "split" and p.gl < p.sb
+
+
+def amx_order(p: lk.Plan) -> np.ndarray:
+    """For each position of the AMX steps along K, the position of its activation in the GEMV
+    kernels' order (llvm_kernels.x_permutation): the identity unless ``split_groups``."""
+    if not split_groups(p):
+        return np.arange(p.k, dtype=np.int64)
+    r, w = 8 // p.bits, p.gl * p.bits // 8  # parts per block, bytes of a group per part
+    block = [j * 64 + h * w + c for h in range(p.sb // p.gl) for j in range(r) for c in range(w)]
+    return (np.arange(0, p.k, p.sb)[:, None] + np.array(block)[None, :]).reshape(-1).astype(np.int64)
 
 
 @cache
@@ -161,10 +183,22 @@ def _decode_ir(p: lk.Plan, mod: ir.Module) -> None:
     k0 = b.phi(i64, "k0")
     k0.add_incoming(i64(0), rows_bb)
     step0 = b.sdiv(k0, i64(64))
-    for j, part in enumerate(gen.decode(k0, 0)):
-        at = b.mul(b.add(b.mul(b.add(step0, i64(j)), i64(PANEL)), r), i64(64))
-        st = b.store(part, b.gep(dst, [at], source_etype=lk.I8))
-        st.align = 1
+    if split_groups(p):  # group h of the block: chunk h of every part, in part order
+        w = p.gl * p.bits // 8
+        for j, part in enumerate(gen.decode(k0, 0)):
+            for h in range(p.sb // p.gl):
+                byte = h * p.gl + j * w  # in the block, regrouped; w divides 64: one step
+                piece = b.shuffle_vector(part, ir.Constant(part.type, None),
+                                         ir.Constant(ir.VectorType(lk.I32, w), list(range(h * w, h * w + w))))  # fmt: skip
+                at = b.add(b.mul(b.add(b.mul(b.add(step0, i64(byte // 64)), i64(PANEL)), r), i64(64)),
+                           i64(byte % 64))  # fmt: skip
+                st = b.store(piece, b.gep(dst, [at], source_etype=lk.I8))
+                st.align = 1
+    else:
+        for j, part in enumerate(gen.decode(k0, 0)):
+            at = b.mul(b.add(b.mul(b.add(step0, i64(j)), i64(PANEL)), r), i64(64))
+            st = b.store(part, b.gep(dst, [at], source_etype=lk.I8))
+            st.align = 1
     k1 = b.add(k0, i64(p.sb))
     k0.add_incoming(k1, b.block)
     b.cbranch(b.icmp_signed("<", k1, i64(p.k)), blocks_bb, row_end)
@@ -260,18 +294,19 @@ def compile_amx(p: lk.Plan) -> AmxCompiled:
 
 
 @njit(fastmath=True)
-def vnni_activations(xq, xv, sx, sxt):  # type: ignore[no-untyped-def]
-    """The activations as AMX B tiles: ``xv[s, t, kk, 4 l + i] = xq[16 t + l, 64 s + 4 kk + i]``
-    (VNNI order, rows past M zero), and ``sxt[g, m] = sx[m, g]``."""
+def vnni_activations(xq, xv, sx, sxt, order):  # type: ignore[no-untyped-def]
+    """The activations as AMX B tiles: ``xv[s, t, kk, 4 l + i] = xq[16 t + l, order[64 s + 4 kk + i]]``
+    (VNNI order, rows past M zero; ``order``: amx_order), and ``sxt[g, m] = sx[m, g]``."""
     m_rows, k = xq.shape
     xv[:] = 0
     sxt[:] = 0
     for m in range(m_rows):
         t, lane = m // 16, m % 16
+        row = xq[m]
         for s in range(k // 64):
             for kk in range(16):
                 for i in range(4):
-                    xv[s, t, kk, 4 * lane + i] = xq[m, 64 * s + 4 * kk + i]
+                    xv[s, t, kk, 4 * lane + i] = row[order[64 * s + 4 * kk + i]]
         for g in range(sx.shape[1]):
             sxt[g, m] = sx[m, g]
 

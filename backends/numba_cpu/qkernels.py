@@ -331,6 +331,7 @@ class QMatmulKernel:
     _prepared: _Prepared | None = field(default=None, repr=False)
     bit_serial: bool = False  # the Numba path runs the bit-serial popcount kernels (popcount.py)
     amx: amx.AmxCompiled | None = field(default=None, repr=False)  # the GEMM for M >= AMX_MIN_ROWS
+    _amx_order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
     def __post_init__(self) -> None:
         if self.compiled is not None and self.plan is not None:
@@ -344,6 +345,7 @@ class QMatmulKernel:
             self._zeros = np.zeros(1, np.uint8)  # a valid address for schemes without zero points
             if amx.supports(self.plan) and amx.amx_available():
                 self.amx = amx.compile_amx(self.plan)
+                self._amx_order = amx.amx_order(self.plan)
             try:
                 self._fork = omp_fork.compiled_fork().address
                 self._set_spin = openmp.runtime().kmp_set_blocktime
@@ -425,7 +427,7 @@ class QMatmulKernel:
         mp = xs.shape[0]
         xv = np.empty((self.k // 64, mp // 16, 16, 64), np.int8)
         sxt = np.empty((p.groups, mp), np.float32)
-        amx.vnni_activations(xq, xv, sx, sxt)
+        amx.vnni_activations(xq, xv, sx, sxt, self._amx_order)
         s32 = np.ascontiguousarray(scales, np.float32)
         z = np.ascontiguousarray(zeros) if zeros is not None else self._zeros
         threads = (self.threads or numba.get_num_threads()) if self._fork else 1

@@ -99,7 +99,7 @@ def test_split_decode_without_gfni(bits: int, monkeypatch: pytest.MonkeyPatch) -
     assert kern.plan is not None
     monkeypatch.setattr(llvm_kernels, "host_has_gfni", lambda: False)
     plain = dataclasses.replace(kern, compiled=llvm_kernels.compile_plan.__wrapped__(kern.plan))  # uncached
-    assert "vgf2p8affineqb" not in kernel_source(plain)
+    assert plain.compiled is not None and "vgf2p8affineqb" not in plain.compiled.ir_text  # the GEMV kernels
     for m in (1, 5):
         x = np.random.default_rng(m).standard_normal((m, 512)).astype(np.float32)
         want, got = np.empty((m, 40), np.float32), np.empty((m, 40), np.float32)
@@ -346,6 +346,11 @@ AMX_FORMATS = [
     QuantType(3, Scheme.ASYM, 64),
     QuantType(4, Scheme.SYM, 0, layout=Layout.BITSLICED),
     QuantType(8, Scheme.ASYM, 128, layout=Layout.BITSLICED),
+    # groups inside a split block, regrouped by decode_rows: 32-, 16- and 8-byte chunks per part
+    QuantType(2, Scheme.SYM, 128),
+    QuantType(4, Scheme.ASYM, 64),
+    QuantType(1, Scheme.BIPOLAR, 128),
+    QuantType(1, Scheme.BIPOLAR, 64),
 ]
 
 
@@ -353,8 +358,9 @@ AMX_FORMATS = [
 @pytest.mark.parametrize("q", AMX_FORMATS, ids=lambda q: q.name)
 def test_amx_gemm_matches(q: QuantType) -> None:
     """M >= 32 runs the AMX GEMM: the same integers as the reference's act=int8 semantics, for
-    ragged M and N (padding rows and weight rows past N), and threads split panels only."""
-    k, n = 512, 70
+    ragged M and N (padding rows and weight rows past N), and threads split panels only. K holds
+    two 1-bit split blocks, so regrouped steps follow each other across blocks."""
+    k, n = 1024, 70
     kern = make_qmatmul(q, k, n, act="int8")
     assert kern.amx is not None and "llvm.x86.tdpbusd.internal" in kernel_source(kern)
     qw = _weight(q, k, n, seed=q.bits)
@@ -370,9 +376,9 @@ def test_amx_gemm_matches(q: QuantType) -> None:
 
 
 @pytest.mark.skipif(not VNNI, reason="the AMX GEMM extends the VNNI kernels")
-def test_amx_covers_groups_of_whole_blocks_only() -> None:
-    """Groups inside a decoder block (4-bit groups of 32 or 64) keep the VNNI kernels at any M."""
-    q = QuantType(4, Scheme.SYM, 64)
+def test_amx_covers_groups_of_whole_steps_only() -> None:
+    """Groups shorter than a 64-weight AMX step (4-bit groups of 32) keep the VNNI kernels at any M."""
+    q = QuantType(4, Scheme.SYM, 32)
     kern = make_qmatmul(q, 512, 16, act="int8")
     assert kern.amx is None
     qw = _weight(q, 512, 16, seed=1)
