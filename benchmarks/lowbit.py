@@ -10,6 +10,9 @@ binarized rows for packed ones).
 Weights are hot (the same W every call). It prints microseconds, GB/s of weight bytes (codes and
 scales) and each time over onnxruntime's fastest 4-bit configuration.
 
+Part 1b, layout costs: each layout's kernel with float and with binary activations at M=1 and
+M=16, printed as the entries of ``Target.qkernel_cost`` that the bitslice pass chooses from.
+
 Part 2, a GPT-2-small decode step through all 12 layers (KV cache 128): NumPy, onnxruntime
 float32 (kiln's traced graph exported with kiln.to_onnx, all graph optimisations), kiln numba-cpu
 float32, and kiln numba-cpu with 4-bit and 2-bit weights (quantize{...,act=int8},default). It
@@ -43,6 +46,7 @@ import importlib.util  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
@@ -232,6 +236,30 @@ def kernels(threads: int, quick: bool, tmp: str) -> None:
     interleaved(heads, {h: runs[h] for h in heads}, xs[1], rounds=3 if quick else 7)
 
 
+def layout_costs(threads: int, quick: bool) -> None:
+    """For the bitslice pass: each layout's kernel at M=1 (GEMV) and M=16 (GEMM) with float and
+    binary activations, printed as entries of ``Target.qkernel_cost`` (the int8 ones are the
+    kernel table's rows)."""
+    k = n = 2048 if quick else 4096
+    rng = np.random.default_rng(2)
+    xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in (1, 16)}
+    print(f"\n== layout costs (Target.qkernel_cost entries), {k}x{n}, {threads} threads, median us")
+    for act in ("binary", "f32"):
+        for bits in (1, 2, 3, 4, 8):
+            for layout in (Layout.PACKED, Layout.BITSLICED):
+                q = QuantType(bits, Scheme.SYM if bits > 1 else Scheme.BIPOLAR, 128, layout=layout)
+                codes = pack(q, rng.integers(0, 2**bits, (n, k), dtype=np.uint8))
+                scales = (rng.random((n, k // 128)) * 0.01 + 0.001).astype(np.float16)
+                kern = make_qmatmul(q, k, n, act=act, threads=threads)
+                us = []
+                for m in (1, 16):
+                    out = np.empty((m, n), np.float32)
+                    call = partial(kern, xs[m], codes, scales, None, out)
+                    us.append(median_us(call, 0.2 if quick else 0.6))
+                print(f'("{layout}", "gemv", {bits}, "{act}", {us[0]:.1f}), ("{layout}", "gemm", {bits}, "{act}", '
+                      f"{us[1]:.1f}),  # {kern.path}")  # fmt: skip
+
+
 def interleaved(names: list[str], runs: dict[str, Callable[[np.ndarray], object]], x: np.ndarray,
                 rounds: int) -> None:  # fmt: skip
     """The headline GEMVs again, in rounds that take each system in turn: a machine that speeds up
@@ -371,7 +399,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     ap.add_argument("--quick", action="store_true", help="small sizes and short timing (smoke test)")
-    ap.add_argument("--part", choices=("kernels", "decode", "accuracy", "all"), default="all")
+    ap.add_argument("--part", choices=("kernels", "costs", "decode", "accuracy", "all"), default="all")
     args = ap.parse_args()
     import numba
     import onnxruntime
@@ -382,6 +410,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("kernels", "all"):
             kernels(args.threads, args.quick, tmp)
+        if args.part in ("costs", "all"):
+            layout_costs(args.threads, args.quick)
         if args.part in ("decode", "all"):
             decode(args.threads, args.quick, tmp)
         if args.part in ("accuracy", "all"):

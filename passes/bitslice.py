@@ -4,9 +4,10 @@
 products); ``bitsliced`` codes run bit-serial kernels, ``y = sum_i 2^i (P_i x)`` with the scheme's
 offset correction, whose cost is proportional to the width. Which is faster depends on the width
 and on how many activation rows share each weight (a GEMV at batch 1 streams the weights once; a
-GEMM at batch 16+ reuses them). The choice reads the target's measured kernel costs
-(``Target.qkernel_cost``, from ``benchmarks/lowbit.py``); a layout the shape cannot hold (bit-sliced
-needs K divisible by 64) is never chosen.
+GEMM at batch 16+ reuses them), and on the activation mode (int8 activations run VNNI kernels;
+binary ones run popcounts on bit-sliced codes but float kernels on packed ones). The choice reads
+the target's measured kernel costs (``Target.qkernel_cost``, from ``benchmarks/lowbit.py``); a
+layout the shape cannot hold (bit-sliced needs K divisible by 64) is never chosen.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ def rows_of(x: Value, default: int) -> int:
     return rows
 
 
-def best_layout(target: Target, q: QuantType, k: int, rows: int) -> Layout:
-    """The layout whose kernel the target's cost table says is fastest for this weight and batch."""
+def best_layout(target: Target, q: QuantType, k: int, rows: int, act: str = "int8") -> Layout:
+    """The layout whose kernel the target's cost table says is fastest for this weight, batch and
+    activation mode (int8, f32 or binary: different kernels); ``q.layout`` when it has no figures."""
     kind = "gemv" if rows <= target.gemv_max_rows else "gemm"
     costs: dict[Layout, float] = {}
-    for layout, ckind, bits, cost in target.qkernel_cost:
-        if ckind == kind and bits == q.bits:
+    for layout, ckind, bits, cact, cost in target.qkernel_cost:
+        if ckind == kind and bits == q.bits and cact == act:
             costs[Layout(layout)] = cost
     fits = []
     for lay in costs:
@@ -75,7 +77,8 @@ class Bitslice(Pass):
             q = t.dtype
             assert isinstance(q, QuantType)
             k = t.static_shape[0]
-            want = best_layout(tgt, q, k, rows_of(node.operands[0], self.rows))
+            act = str(node.attrs.act)  # type: ignore[attr-defined]
+            want = best_layout(tgt, q, k, rows_of(node.operands[0], self.rows), act)
             if self.layout != "auto":
                 want = Layout(self.layout)
             if want == q.layout:

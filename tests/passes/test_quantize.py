@@ -208,18 +208,42 @@ def test_bitslice_auto_follows_the_targets_measured_costs() -> None:
     from kiln.passes.bitslice import best_layout
 
     tgt = get_target("numba-cpu")
-    for kind, rows in (("gemv", 1), ("gemm", 16)):
-        for bits in (1, 2, 3, 4, 8):
-            costs = {lay: c for lay, k, b, c in tgt.qkernel_cost if k == kind and b == bits}
-            want = Layout(min(costs, key=costs.__getitem__))
-            assert best_layout(tgt, QuantType(bits, group=64), 128, rows) == want
+    picked = set()
+    for act in ("int8", "binary", "f32"):
+        for kind, rows in (("gemv", 1), ("gemm", 16)):
+            for bits in (1, 2, 3, 4, 8):
+                costs = {
+                    lay: c for lay, k, b, a, c in tgt.qkernel_cost if k == kind and b == bits and a == act
+                }
+                want = Layout(min(costs, key=costs.__getitem__))
+                assert best_layout(tgt, QuantType(bits, group=64), 128, rows, act) == want
+                picked.add((act, kind, bits, want))
+    # the activation mode changes the choice: a 1-bit binary GEMM takes the popcount kernels
+    assert ("binary", "gemm", 1, Layout.BITSLICED) in picked and ("int8", "gemm", 1, Layout.PACKED) in picked
     b = GraphBuilder("three_bit")
     x = b.input("x", TensorType(f32, (1, 128)))
     b.output("y", b.op("matmul", x, b.constant(RNG.standard_normal((128, 64)).astype(np.float32), "w")))
-    s = run(run(b.build(), "quantize{bits=3,group=64}"), "bitslice")
+    s = run(run(b.build(), "quantize{bits=3,group=64}"), "bitslice")  # act=f32, the default
     assert {t.layout for t in quantized_weights(s).values()} == {
-        best_layout(tgt, QuantType(3, group=64), 128, 1)
+        best_layout(tgt, QuantType(3, group=64), 128, 1, "f32")
     }
+    assert best_layout(tgt, QuantType(3, group=64), 128, 1, "int4") == Layout.PACKED  # no figures: kept
+
+
+def test_bitslice_weighs_the_activation_mode() -> None:
+    """The same 1-bit GEMM weight: packed for int8 activations (VNNI), bit-sliced for binary ones
+    (popcounts), as the numba-cpu cost table has it; outputs as before the re-layout."""
+    w = RNG.standard_normal((128, 64)).astype(np.float32)
+    x = RNG.standard_normal((16, 128)).astype(np.float32)
+    for act, layout in (("int8", Layout.PACKED), ("binary", Layout.BITSLICED)):
+        b = GraphBuilder("gemm")
+        b.output("y", b.op("matmul", b.input("x", TensorType(f32, (16, 128))), b.constant(w, "w")))
+        q = run(b.build(), f"quantize{{bits=1,group=64,act={act}}}")
+        s = run(q, "bitslice")
+        assert {t.layout for t in quantized_weights(s).values()} == {layout}, act
+        np.testing.assert_allclose(
+            interpret(s, {"x": x})["y"], interpret(q, {"x": x})["y"], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_one_bit_with_the_default_scheme_is_bipolar() -> None:
