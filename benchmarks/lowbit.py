@@ -79,26 +79,48 @@ def pause() -> None:
     time.sleep(0.3)  # idle thread pools (OpenBLAS, OpenMP, onnxruntime) stop spinning
 
 
+def read_us(threads: int) -> Callable[[np.ndarray], float]:
+    """``time(a)``: median us of reading every 8-byte word of ``a`` (an XOR of them), split into
+    one contiguous run per thread on libomp's spinning team, as the GEMV kernels split their
+    weight rows. The floor for any kernel that reads ``a`` once."""
+    from numba import carray, cfunc, njit, types
+
+    from kiln.backends import openmp
+    from kiln.backends.numba_cpu import omp_fork
+    from kiln.backends.numba_cpu.ffi import call_i64, ptr_of
+
+    @cfunc(types.void(types.int64, types.int64))
+    def part(c: int, params: int) -> None:
+        p = carray(ptr_of(params, np.int64(0)), (3,))  # type: ignore[call-arg]
+        words = carray(ptr_of(p[0] + 8 * c * p[1], np.uint64(0)), (p[1],))  # type: ignore[call-arg]
+        acc = np.uint64(0)
+        for i in range(p[1]):
+            acc ^= words[i]
+        carray(ptr_of(p[2], np.uint64(0)), (threads,))[c] = acc  # type: ignore[call-arg]
+
+    @njit
+    def run(fork: int, body: int, params: np.ndarray, parts: int) -> None:
+        call_i64(fork, (body, params.ctypes.data, parts, parts), (params,))  # type: ignore[call-arg]
+
+    fork, body = omp_fork.compiled_fork().address, part.address
+    sink = np.zeros(threads, np.uint64)
+
+    def time_read(a: np.ndarray) -> float:
+        words = a.reshape(-1).view(np.uint64)
+        params = np.array([words.ctypes.data, words.size // threads, sink.ctypes.data], np.int64)
+        openmp.set_spin(5)
+        return median_us(lambda: run(fork, body, params, threads), 0.5)
+
+    return time_read
+
+
 def memory_bandwidth(threads: int) -> tuple[float, float]:
     """GB/s of a parallel read of 16 MiB (cache-resident here) and of 512 MiB (memory)."""
-    from numba import njit, prange
-
-    @njit(parallel=True)
-    def total(a: np.ndarray, parts: int) -> int:
-        step = a.shape[0] // parts
-        acc = np.zeros(parts, np.int64)
-        for c in prange(parts):
-            s = 0
-            for i in range(c * step, (c + 1) * step):
-                s += a[i]
-            acc[c] = s
-        return int(acc.sum())
-
+    time_read = read_us(threads)
     out = []
     for mib in (16, 512):
         a = np.ones(mib << 17, np.uint64)
-        t = median_us(lambda a=a: total(a, 8 * threads), 0.5)
-        out.append(a.nbytes / t / 1e3)
+        out.append(a.nbytes / time_read(a) / 1e3)
     return out[0], out[1]
 
 
@@ -233,7 +255,13 @@ def kernels(threads: int, quick: bool, tmp: str) -> None:
     heads = ["numpy float32", best_ort] + [
         next(t[0] for t in table if t[0].startswith(f"kiln {b}-bit packed (int8 act")) for b in (4, 2, 1)
     ]
-    interleaved(heads, {h: runs[h] for h in heads}, xs[1], rounds=3 if quick else 7)
+    # the floor: reading as many bytes as the 4-bit weight holds (codes and scales), split as the
+    # GEMV splits them; NumPy's time over it bounds how much faster than NumPy any 4-bit GEMV can be
+    floor = "read of the 4-bit weight's bytes (the floor)"
+    weight = np.ones(-(-(c4.nbytes + s4.nbytes) // (8 * threads)) * 8 * threads, np.uint8)
+    time_read = read_us(threads)
+    interleaved(heads, {h: runs[h] for h in heads}, xs[1], rounds=3 if quick else 7,
+                floor=(floor, lambda: time_read(weight)))  # fmt: skip
 
 
 def layout_costs(threads: int, quick: bool) -> None:
@@ -261,28 +289,32 @@ def layout_costs(threads: int, quick: bool) -> None:
 
 
 def interleaved(names: list[str], runs: dict[str, Callable[[np.ndarray], object]], x: np.ndarray,
-                rounds: int) -> None:  # fmt: skip
+                rounds: int, floor: tuple[str, Callable[[], float]]) -> None:  # fmt: skip
     """The headline GEMVs again, in rounds that take each system in turn: a machine that speeds up
     or slows down between the table's rows (a shared host) then moves every system of a round
     alike, and the ratios are taken within each round."""
-    us: dict[str, list[float]] = {n: [] for n in names}
+    us: dict[str, list[float]] = {n: [] for n in [*names, floor[0]]}
     for _ in range(rounds):
         for name in names:
             us[name].append(median_us(lambda name=name: runs[name](x), 0.3))
             time.sleep(0.05)
+        us[floor[0]].append(floor[1]())
     print(f"\n== GEMV M=1 in {rounds} interleaved rounds (median us per round; ratios within each round)")
-    for name in names:
+    for name in [*names, floor[0]]:
         v = us[name]
         print(f"{name:<58}{'min':>6}{min(v):>9.1f}{'median':>9}{float(np.median(v)):>9.1f}")
     k4, k2, k1 = (np.array(us[n]) for n in names[2:])
+    read = np.array(us[floor[0]])
     for label, ratio in (
         ("NumPy float32 / kiln 4-bit", np.array(us[names[0]]) / k4),
         ("onnxruntime 4-bit / kiln 4-bit", np.array(us[names[1]]) / k4),
         ("kiln 4-bit / kiln 2-bit", k4 / k2),
         ("kiln 2-bit / kiln 1-bit", k2 / k1),
+        ("kiln 4-bit / the floor", k4 / read),
+        ("NumPy float32 / the floor (the most possible)", np.array(us[names[0]]) / read),
     ):
         print(
-            f"{label:<40} median {float(np.median(ratio)):.2f}x  (rounds: {', '.join(f'{r:.2f}' for r in ratio)})"
+            f"{label:<46} median {float(np.median(ratio)):.2f}x  (rounds: {', '.join(f'{r:.2f}' for r in ratio)})"
         )
 
 
