@@ -46,6 +46,7 @@ from .attention import attention_source
 from .cache import KernelCache
 from .codegen import generate
 from .kv_attention import KvAppend, KvAttention, find_kv_appends
+from .kv_attention import kernel_source as kv_kernel_source
 
 VIEWS = frozenset({"reshape", "squeeze", "unsqueeze", "transpose", "slice", "split", "broadcast_to"})
 NUMPY_OPS = frozenset(
@@ -550,6 +551,7 @@ class Executor:
         )  # fmt: skip
         bi = self.slot_of(bias_v)
         no_bias = np.zeros(0, np.float32)
+        self.sources.append(kv_kernel_source())
         kern = KvAttention(
             float(n.attrs.scale),  # type: ignore[attr-defined]
             parallel=nb > 1 and nb * sk * (d + dv) >= self.target.parallel_min_elements,

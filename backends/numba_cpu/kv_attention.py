@@ -15,7 +15,9 @@ Numerics match ``attention.py``'s decode path (same summation order per key bloc
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
+from functools import cache
 
 import numba
 import numpy as np
@@ -192,6 +194,12 @@ class KvAttention:
             ok: np.ndarray, ov: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:  # fmt: skip
         threads = numba.get_num_threads() if self._fork else 1
         _run(q, pk, nk, pv, nv, ok, ov, bias, out, self._scale, self._fork, threads)
+
+
+@cache
+def kernel_source() -> str:
+    """The Python source of the per-head kernel (what ``kiln show`` prints for this step)."""
+    return "\n\n".join(inspect.getsource(f.py_func) for f in (_copy_rows, _head))
 
 
 @dataclass(frozen=True)

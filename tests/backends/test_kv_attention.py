@@ -61,6 +61,7 @@ def test_kv_append_attention_matches_reference(case: str, cache: Path) -> None:
     graph, inputs = _decode_graph(heads, t, s, d, dv, bias, q_view)
     exe = kiln.compile(graph, "numba-cpu", pipeline="", cache_dir=cache)
     assert exe.stats()["kv_append_attention"] == 1
+    assert "def _head(" in exe.as_text()  # the kernel's source is part of what kiln show prints
     for _ in range(2):  # the second call writes into the recycled output blocks
         got = exe.run(inputs)
         assert_matches_reference(got, graph, inputs)
