@@ -402,3 +402,12 @@ def test_activation_quantization_in_kernel_order(r: int, gl: int) -> None:
     perm = [i * r + j for j in range(r) for i in range(64)]  # position p holds weight perm[p]
     blocks = want_q.reshape(m, -1, 64 * r)[:, :, perm].reshape(m, k)
     np.testing.assert_array_equal(xq, blocks)
+
+
+def test_half_scales_convert_exactly() -> None:
+    """The Numba and AMX paths widen float16 scales with their own converter: every one of the
+    65536 bit patterns (zeros, subnormals, inf, NaN payloads) as NumPy converts it."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
+    got = qkernels.scales_f32(h[:, ::2])  # a strided view too
+    np.testing.assert_array_equal(got.view(np.uint32), h[:, ::2].astype(np.float32).view(np.uint32))
+    assert got.flags.c_contiguous and got.dtype == np.float32
