@@ -2,13 +2,13 @@
 
 A decode step computes ``K = concat(past_k, k_new)``, ``V = concat(past_v, v_new)`` (both outputs
 of the step: the next step's cache) and then attends one query per head over them. Run as written
-that is a copy of the cache followed by a second read of it; here one task per head reads each
-past row once, stores it into the present cache and uses it from the register it was loaded into
-(scores for K, ``p @ V`` for V). The heads are split over libomp's team (``omp_fork``), whose
-workers are still spinning from the quantized GEMV that produced q, k and v.
+that is a copy of the cache on one thread followed by a second read of it from memory; here one
+task per head copies its past and new rows into the present cache and reads them back while they
+are still in L1/L2 (scores for K, ``p @ V`` for V). The heads are split over libomp's team
+(``omp_fork``), whose workers are still spinning from the quantized GEMV that produced q, k and v.
 
-The executor (``Executor._kv_appends``) routes an ``attention`` node here when its K and V are
-two-operand concats along the key axis and sq = 1; the concats then only name their buffers.
+The executor routes an ``attention`` node here when ``find_kv_appends`` accepts it (K and V
+two-operand concats along the key axis, sq = 1); the concats then only name their buffers.
 Numerics match ``attention.py``'s decode path (same summation order per key block, same ``fexp``).
 """
 
@@ -34,7 +34,6 @@ from .mathlib import fexp
 PARAMS = ("q", "q_hs", "pk", "pk_hs", "pk_rs", "nk", "nk_hs", "nk_rs", "pv", "pv_hs", "pv_rs",
           "nv", "nv_hs", "nv_rs", "ok", "ov", "bias", "out", "nb", "t", "s", "d", "dv", "scale")  # fmt: skip
 N_PARAMS = len(PARAMS)
-_P = {name: i for i, name in enumerate(PARAMS)}
 
 
 @njit(inline="always")
