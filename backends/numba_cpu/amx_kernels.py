@@ -183,21 +183,18 @@ def _decode_ir(p: lk.Plan, mod: ir.Module) -> None:
     k0 = b.phi(i64, "k0")
     k0.add_incoming(i64(0), rows_bb)
     step0 = b.sdiv(k0, i64(64))
-    if split_groups(p):  # group h of the block: chunk h of every part, in part order
-        w = p.gl * p.bits // 8
-        for j, part in enumerate(gen.decode(k0, 0)):
-            for h in range(p.sb // p.gl):
-                byte = h * p.gl + j * w  # in the block, regrouped; w divides 64: one step
-                piece = b.shuffle_vector(part, ir.Constant(part.type, None),
-                                         ir.Constant(ir.VectorType(lk.I32, w), list(range(h * w, h * w + w))))  # fmt: skip
-                at = b.add(b.mul(b.add(b.mul(b.add(step0, i64(byte // 64)), i64(PANEL)), r), i64(64)),
-                           i64(byte % 64))  # fmt: skip
-                st = b.store(piece, b.gep(dst, [at], source_etype=lk.I8))
-                st.align = 1
-    else:
-        for j, part in enumerate(gen.decode(k0, 0)):
-            at = b.mul(b.add(b.mul(b.add(step0, i64(j)), i64(PANEL)), r), i64(64))
-            st = b.store(part, b.gep(dst, [at], source_etype=lk.I8))
+    # part j's chunk h (w bytes) goes to byte h gl + j w of the block: group by group when groups
+    # lie inside a split block (split_groups), else each part is one whole 64-byte step
+    w, per = (p.gl * p.bits // 8, p.sb // p.gl) if split_groups(p) else (64, 1)
+    for j, part in enumerate(gen.decode(k0, 0)):
+        for h in range(per):
+            byte = h * p.gl + j * w  # w divides 64: a chunk never straddles two steps
+            piece = part if w == 64 else b.shuffle_vector(
+                part, ir.Constant(part.type, None), ir.Constant(ir.VectorType(lk.I32, w), list(range(h * w, h * w + w)))
+            )  # fmt: skip
+            step = b.add(step0, i64(byte // 64))
+            at = b.add(b.mul(b.add(b.mul(step, i64(PANEL)), r), i64(64)), i64(byte % 64))
+            st = b.store(piece, b.gep(dst, [at], source_etype=lk.I8))
             st.align = 1
     k1 = b.add(k0, i64(p.sb))
     k0.add_incoming(k1, b.block)
